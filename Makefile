@@ -1,0 +1,48 @@
+# Every target sets up what it needs, idempotently: a .venv, PyTorch, the package, and for the demo the
+# Debian packages that build its corpus.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ncdetect-installed
+DEMO_OUT ?= demo_out
+
+.PHONY: venv debian-deps demo demo-quick test test-fast bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# No NVIDIA GPU: the CPU wheel that lies on these machines' disk (a bare `torch` pulls a multi-GB CUDA build).
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install -q torch; \
+	else \
+		$(BIN)/python -m pip install -q torch==2.13.0; \
+	fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+debian-deps:
+	@scripts/ensure-debian-packages.sh
+
+demo: venv debian-deps
+	$(BIN)/ncdetect demo --out $(DEMO_OUT)
+
+demo-quick: venv debian-deps
+	$(BIN)/ncdetect demo --quick --out $(DEMO_OUT)-quick
+
+test: venv debian-deps
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: venv debian-deps
+	$(BIN)/python benchmarks/run_all.py
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
