@@ -1,0 +1,245 @@
+"""The experiment report: ``report.md`` and a self-contained ``report.html`` (images embedded), both
+rendered from ``results.json`` so that every number in them can be checked against that file."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from .fileio import atomic_path, write_text
+
+TRIVIAL_CUE_FLOOR = 30.0  # a trivial feature must not separate the classes better than this EER (%)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def plot_eer_vs_rate(results: dict, target: str, out_png: str | Path) -> None:
+    """Target EER (mean ± std over seeds) against the sampling rate, one line per strategy, with the
+    full-data baseline as a horizontal band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    mean_key, std_key = f"eer_{target}_mean", f"eer_{target}_std"
+    for strategy in results["strategies"]:
+        rows = sorted((r for r in results["table"] if r["strategy"] == strategy), key=lambda r: r["rate"])
+        if rows:
+            ax.errorbar([r["rate"] for r in rows], [r[mean_key] for r in rows],
+                        yerr=[r[std_key] for r in rows], marker="o", capsize=3, label=strategy)
+    full = next((r for r in results["table"] if r["strategy"] == "full"), None)
+    if full is not None:
+        ax.axhline(full[mean_key], color="k", ls="--", lw=1, label="full data")
+        if full[std_key] > 0:
+            ax.axhspan(full[mean_key] - full[std_key], full[mean_key] + full[std_key], color="k", alpha=0.08)
+    ax.set_xscale("log")
+    ax.set_xticks(results["rates"], [f"{r:g}" for r in results["rates"]])
+    ax.set_xlabel("sampling rate (fraction of each class kept)")
+    ax.set_ylabel(f"EER on {target} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out_png)
+
+
+def plot_det_curves(systems: dict[str, str | Path], out_png: str | Path) -> None:
+    """DET curves of several scored systems (``name -> scores.csv``) on one plot."""
+    from .evaluate import plot_det
+
+    curves = {}
+    for name, path in systems.items():
+        df = pd.read_csv(path)
+        curves[name] = (df.loc[df["label"] == "bonafide", "score"].to_numpy(),
+                        df.loc[df["label"] == "spoof", "score"].to_numpy())
+    plot_det(curves, out_png)
+
+
+def _save(fig, out_png: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+# --- the document --------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    caption: str
+    path: Path
+
+
+Block = str | Table | Figure  # a str is a paragraph; "## " starts a heading
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def _row_name(row: dict) -> str:
+    return "full data" if row["strategy"] == "full" else f"{row['strategy']}@{row['rate']:g}"
+
+
+def build_blocks(results: dict) -> list[Block]:
+    targets = results["targets"]
+    head = results["headline"]
+    blocks: list[Block] = [f"# ncdetect report: {results['recipe']}", _verdict(head)]
+    m = results["machine"]
+    blocks.append(f"ncdetect {results['ncdetect_version']}, {results['created']}; {m['processor']}, "
+                  f"{m['cpu_count']} CPUs{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}; "
+                  f"seeds {results['seeds']}.")
+
+    blocks.append("## Main table")
+    blocks.append("Compact model trained on each selection; EER (%) on the target, mean ± std over seeds. "
+                  "Lower is better. `nc` keeps the samples nearest to their class mean in each source "
+                  "model's embedding space; `random` is a class-stratified random draw of the same size.")
+    header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "train time (s)"]
+    rows = [[_row_name(r), *[_pm(r[f"eer_{t}_mean"], r[f"eer_{t}_std"], r["n_seeds"]) for t in targets],
+             str(r["n_train"]), f"{r['train_seconds']:.1f}"] for r in results["table"]]
+    blocks.append(Table(header, rows))
+    for caption, path in results["figures"].items():
+        if caption.startswith("EER versus"):
+            blocks.append(Figure(caption, Path(path)))
+
+    blocks.append("## Datasets")
+    blocks.append(Table(["set", "utterances", "bonafide", "spoof", "attacks"], [
+        [name, str(d["rows"]), str(d["bonafide"]), str(d["spoof"]), ", ".join(d["attacks"]) or "–"]
+        for name, d in results["datasets"].items()]))
+
+    blocks.append("## Source models")
+    blocks.append(Table(["source", "model", "EER own dev (%)", *[f"EER {t} (%)" for t in targets]], [
+        [name, str(s["model"]), _pct(s["dev_eer"]), *[_pct(s["target_eer"][t]) for t in targets]]
+        for name, s in results["sources"].items()]))
+
+    blocks.append("## Neural collapse of the source models")
+    blocks.append("Over each source model's embeddings of its own training set. NC1 is the within-class "
+                  "variability relative to the between-class spread (lower = more collapsed); NC2 measures "
+                  "the equinorm and equiangular geometry of the class means; NC3 the alignment of the "
+                  "classifier with the class means; NC4 the disagreement with the nearest-class-mean rule.")
+    keys = ["nc1", "nc2_equinorm", "nc2_equiangularity", "nc3", "nc4"]
+    blocks.append(Table(["source", *keys], [
+        [name, *[_fmt(s["collapse"].get(k)) for k in keys]] for name, s in results["sources"].items()]))
+    for caption, path in results["figures"].items():
+        if caption.startswith("Embeddings"):
+            blocks.append(Figure(caption, Path(path)))
+
+    blocks.append("## DET curves")
+    for caption, path in results["figures"].items():
+        if caption.startswith("DET"):
+            blocks.append(Figure(caption, Path(path)))
+
+    blocks.append("## Trivial-cue check")
+    blocks.append(f"Each single feature used as a score, in its better orientation. A corpus without "
+                  f"trivial cues keeps every EER at or above {TRIVIAL_CUE_FLOOR:.0f}%.")
+    cue_rows = []
+    for target, cues in results.get("trivial_cues", {}).items():
+        for feature, eer in cues.items():
+            verdict = "ok" if eer >= TRIVIAL_CUE_FLOOR else "CUE"
+            cue_rows.append([target, feature, f"{eer:.2f}", verdict])
+    blocks.append(Table(["target", "feature", "EER (%)", f">= {TRIVIAL_CUE_FLOOR:.0f}%"], cue_rows))
+    return blocks
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _verdict(head: dict) -> str:
+    if not head["per_rate"]:
+        return "No rate has both an nc and a random selection to compare."
+    parts = []
+    for p in head["per_rate"]:
+        gap = "" if p["nc_minus_full"] is None else f", {p['nc_minus_full']:+.2f} points from full data"
+        parts.append(f"rate {p['rate']:g}: nc {p['nc']:.2f}% vs random {p['random']:.2f}%{gap}")
+    full = "" if head["full_eer"] is None else f" Full-data training reaches {head['full_eer']:.2f}%."
+    return (f"**NC sampling beat random sampling at {head['nc_wins']} of {head['rates_compared']} rates "
+            f"on {head['target']}.**{full} " + "; ".join(parts) + ".")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def render_markdown(blocks: list[Block], base: Path) -> str:
+    out = []
+    for b in blocks:
+        if isinstance(b, Table):
+            out.append("| " + " | ".join(b.header) + " |")
+            out.append("|" + "|".join(" --- " for _ in b.header) + "|")
+            out += ["| " + " | ".join(r) + " |" for r in b.rows]
+        elif isinstance(b, Figure):
+            rel = Path(b.path).resolve().relative_to(base.resolve()) if Path(b.path).is_absolute() else b.path
+            out.append(f"![{b.caption}]({rel})")
+        else:
+            out.append(b)
+        out.append("")
+    return "\n".join(out)
+
+
+def render_html(blocks: list[Block]) -> str:
+    body = []
+    for b in blocks:
+        if isinstance(b, Table):
+            cells = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b.rows
+            )
+            body.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(b, Figure):
+            data = base64.b64encode(Path(b.path).read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+        elif b.startswith("## "):
+            body.append(f"<h2>{html.escape(b[3:])}</h2>")
+        elif b.startswith("# "):
+            body.append(f"<h1>{html.escape(b[2:])}</h1>")
+        else:
+            text = html.escape(b)
+            while "**" in text:  # the verdict line is bold
+                text = text.replace("**", "<strong>", 1).replace("**", "</strong>", 1)
+            body.append(f"<p>{text.replace('`', '')}</p>")
+    return _HTML.format(body="\n".join(body))
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ncdetect report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead {{ background: #f3f3f3; }}
+figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9rem; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def write_report(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    blocks = build_blocks(results)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    write_text(md, render_markdown(blocks, out_dir))
+    write_text(page, render_html(blocks))
+    return md, page
