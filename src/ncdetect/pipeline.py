@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from . import __version__
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
 from .recipe import DataSpec, Recipe
+from .sysinfo import machine_info
 
 T = TypeVar("T")
 
@@ -130,7 +130,7 @@ def _prepare_data(exp: Experiment, name: str, spec: DataSpec, seed: int) -> Path
     n_in = len(df)
     if spec.filter:
         try:
-            df = df.query(spec.filter)
+            df = df.query(spec.filter, engine="python")
         except Exception as err:
             raise NcdetectError(f"{name}: filter {spec.filter!r} failed: {err}") from None
     if spec.limit is not None and len(df) > spec.limit:
@@ -365,7 +365,7 @@ def collect_results(exp: Experiment) -> dict:
         "recipe": recipe.name,
         "ncdetect_version": __version__,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "seeds": recipe.seeds,
         "rates": recipe.sampling.rates,
         "strategies": recipe.sampling.strategies,
@@ -418,25 +418,6 @@ def _headline(results: dict) -> dict:
     wins = sum(1 for p in per_rate if p["nc_minus_random"] < 0)
     return {"target": target, "full_eer": full, "per_rate": per_rate, "nc_wins": wins,
             "rates_compared": len(per_rate)}
-
-
-def _machine() -> dict:
-    import os
-
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["processor"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def stage_report(exp: Experiment) -> dict:

@@ -134,10 +134,10 @@ def load_recipe(
             raise ConfigError(f"{path}: no profile {profile!r}; the recipe has {sorted(profiles)}")
         values.update({k: str(v) for k, v in (profiles[profile] or {}).items()})
     values.update({k: os.environ[k] for k in values if k in os.environ})
-    values.update(variables or {})
     unknown = sorted(set(variables or {}) - set(values) - set(_VARIABLE.findall(text)))
     if unknown:
         raise ConfigError(f"{path}: --var names variables the recipe does not use: {unknown}")
+    values.update(variables or {})
 
     def substitute(value: Any) -> Any:
         if isinstance(value, dict):
