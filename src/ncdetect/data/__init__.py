@@ -1,0 +1,1 @@
+"""Corpora, manifests, audio decoding and front-ends."""

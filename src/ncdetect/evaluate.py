@@ -1,0 +1,574 @@
+"""Evaluation of countermeasure scores: EER (ASVspoof reference), per-attack EER, a bootstrap interval,
+min t-DCF with the ASVspoof 2019 cost model, DET curves and score histograms.
+
+Scores follow the ASVspoof convention: a higher score means more likely bonafide. EERs are in percent.
+
+``compute_det_curve``, ``compute_eer``, ``obtain_asv_error_rates`` and ``compute_tdcf_curve`` reproduce the
+ASVspoof organisers' reference code step by step (numpy only), so that our numbers can be compared with
+published ones:
+
+- EER: ``compute_det_curve`` / ``compute_eer`` of ``eval-package/eval_metrics.py`` in
+  github.com/asvspoof-challenge/2021 (identical to ``eval_metrics.py`` of the official
+  ``tDCF_python_v1``/``v2`` packages on asvspoof.org and to ``evaluation.py`` of clovaai/aasist).
+- min t-DCF: ``compute_tDCF`` of the ASVspoof 2019 package ``tDCF_python_v1`` (kept as
+  ``compute_tDCF_legacy`` in the 2021 ``eval_metrics.py``), with the cost model and the ASV EER operating
+  point of ``evaluate_tDCF_asvspoof19.py`` (the same code as ``calculate_tDCF_EER`` in clovaai/aasist).
+  This is the min t-DCF that ASVspoof 2019 LA results (e.g. AASIST's 0.0275) are quoted in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, NcdetectError, ProtocolError
+from .fileio import atomic_path
+
+SCORE_COLUMNS = ["utt_id", "score", "label"]
+LABELS = ("bonafide", "spoof")
+
+# ASVspoof 2019 t-DCF cost model, as fixed in evaluate_tDCF_asvspoof19.py of tDCF_python_v1.
+# Note Ptar/Pnon split the non-spoof prior 0.99/0.01 (Ptar = 0.9405, Pnon = 0.0095).
+ASVSPOOF2019_PSPOOF = 0.05
+ASVSPOOF2019_COST_MODEL: dict[str, float] = {
+    "Pspoof": ASVSPOOF2019_PSPOOF,
+    "Ptar": (1 - ASVSPOOF2019_PSPOOF) * 0.99,
+    "Pnon": (1 - ASVSPOOF2019_PSPOOF) * 0.01,
+    "Cmiss_asv": 1.0,
+    "Cfa_asv": 10.0,
+    "Cmiss_cm": 1.0,
+    "Cfa_cm": 10.0,
+}
+
+# Elements (bootstraps x scores) handled at once by the vectorised bootstrap: ~8 MB per int64 array.
+_BOOTSTRAP_CHUNK_ELEMENTS = 1_000_000
+
+
+# --- EER (ASVspoof reference) --------------------------------------------------------------------
+
+
+def _as_scores(x: Any, what: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise NcdetectError(f"EER needs at least one {what} score, got none")
+    if np.isnan(arr).any():
+        raise NcdetectError(f"{what} scores contain NaN")
+    return arr
+
+
+def compute_det_curve(bonafide: Any, spoof: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FRR, FAR and thresholds at every operating point (len = n_bonafide + n_spoof + 1).
+
+    Point 0 accepts everything (FRR 0, FAR 1) at ``min(score) - 0.001``; point i >= 1 is the threshold
+    ``sorted_scores[i - 1]`` with "accept if score > threshold". The stable sort puts bonafide before
+    spoof among tied scores, so ties count against the system, exactly as in the reference code.
+    """
+    target = _as_scores(bonafide, "bonafide")
+    nontarget = _as_scores(spoof, "spoof")
+    # Same operations, in the same order, as compute_det_curve in the ASVspoof eval_metrics.py.
+    n_scores = target.size + nontarget.size
+    all_scores = np.concatenate((target, nontarget))
+    labels = np.concatenate((np.ones(target.size), np.zeros(nontarget.size)))
+    indices = np.argsort(all_scores, kind="mergesort")
+    labels = labels[indices]
+    tar_trial_sums = np.cumsum(labels)
+    nontarget_trial_sums = nontarget.size - (np.arange(1, n_scores + 1) - tar_trial_sums)
+    frr = np.concatenate((np.atleast_1d(0), tar_trial_sums / target.size))
+    far = np.concatenate((np.atleast_1d(1), nontarget_trial_sums / nontarget.size))
+    thresholds = np.concatenate((np.atleast_1d(all_scores[indices[0]] - 0.001), all_scores[indices]))
+    return frr, far, thresholds
+
+
+def compute_eer(bonafide: Any, spoof: Any) -> tuple[float, float]:
+    """Equal error rate in percent and its threshold, as the ASVspoof reference ``compute_eer``.
+
+    The operating point is the first index minimising |FRR - FAR|; the EER is the mean of the two there.
+    """
+    frr, far, thresholds = compute_det_curve(bonafide, spoof)
+    min_index = np.argmin(np.abs(frr - far))
+    eer = np.mean((frr[min_index], far[min_index]))
+    return float(eer * 100.0), float(thresholds[min_index])
+
+
+# --- bootstrap -----------------------------------------------------------------------------------
+
+
+def _eers_from_resamples(
+    bonafide: np.ndarray, spoof: np.ndarray, idx_b: np.ndarray, idx_s: np.ndarray
+) -> np.ndarray:
+    """EERs (percent) of R resamples ``bonafide[idx_b[r]]`` vs ``spoof[idx_s[r]]`` with one sort.
+
+    Equals ``compute_eer`` on each resample. A resample's stable sort is the original stable sort with
+    each score repeated by its draw count (bonafide still before spoof among ties), so drawn items are
+    mapped to their sorted positions once. Along the reference DET curve FRR - FAR rises strictly
+    (each step moves exactly one of them), so argmin |FRR - FAR| is one of the two points around the
+    first index where FRR >= FAR. With B, S the bonafide and spoof counts below a point that index is
+    found exactly in integers:  B/mb >= (ms - S)/ms  <=>  g = B*ms + S*mb >= mb*ms,  first over the
+    sorted positions (a cumulative sum of g's increments, then a binary search), then inside the run of
+    copies of that position. The two candidate rates are formed with the reference's float divisions.
+    """
+    nb = bonafide.size
+    reps, mb = idx_b.shape
+    ms = idx_s.shape[1]
+    n = nb + spoof.size
+    perm = np.argsort(np.concatenate((bonafide, spoof)), kind="mergesort")
+    sorted_is_bona = perm < nb
+    rank = np.empty(n, dtype=np.int64)
+    rank[perm] = np.arange(n)
+    pos_b = rank[:nb][idx_b]  # sorted position of every drawn score
+    pos_s = rank[nb:][idx_s]
+    offsets = np.arange(reps, dtype=np.int64)[:, None] * n
+    drawn = np.empty((reps, mb + ms), dtype=np.int64)
+    np.add(pos_b, offsets, out=drawn[:, :mb])
+    np.add(pos_s, offsets, out=drawn[:, mb:])
+    g = np.bincount(drawn.ravel(), minlength=reps * n).reshape(reps, n)
+    del drawn
+    g *= np.where(sorted_is_bona, ms, mb)  # a bonafide copy adds ms to g, a spoof copy mb
+    np.cumsum(g, axis=1, out=g)
+    target = mb * ms
+    run = np.array([np.searchsorted(row, target, side="left") for row in g], dtype=np.int64)
+    del g
+    b_prev = (pos_b < run[:, None]).sum(axis=1)
+    s_prev = (pos_s < run[:, None]).sum(axis=1)
+    run_is_bona = sorted_is_bona[run]
+    step = np.where(run_is_bona, ms, mb)
+    g_prev = b_prev * ms + s_prev * mb
+    inside = (target - g_prev + step - 1) // step  # 1 <= inside <= copies of the run's score
+    b_k = b_prev + np.where(run_is_bona, inside, 0)
+    s_k = s_prev + np.where(run_is_bona, 0, inside)
+    b_k1 = b_k - run_is_bona
+    s_k1 = s_k - ~run_is_bona
+    frr_k, far_k = b_k / mb, (ms - s_k) / ms
+    frr_k1, far_k1 = b_k1 / mb, (ms - s_k1) / ms
+    take_earlier = np.abs(frr_k1 - far_k1) <= np.abs(frr_k - far_k)  # argmin keeps the first minimum
+    frr = np.where(take_earlier, frr_k1, frr_k)
+    far = np.where(take_earlier, far_k1, far_k)
+    return (frr + far) / 2 * 100.0
+
+
+def bootstrap_eers(
+    bonafide: Any, spoof: Any, n_bootstrap: int = 1000, seed: int = 0, progress: bool = False
+) -> np.ndarray:
+    """EERs (percent) of ``n_bootstrap`` resamples; bonafide and spoof are resampled separately.
+
+    Each class draws from its own child generator of ``SeedSequence(seed)``, so results do not depend
+    on how the work is chunked.
+    """
+    if n_bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
+    b = _as_scores(bonafide, "bonafide")
+    s = _as_scores(spoof, "spoof")
+    rng_b, rng_s = (np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2))
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // (b.size + s.size))
+    out = np.empty(n_bootstrap, dtype=np.float64)
+    from tqdm import tqdm
+
+    with tqdm(total=n_bootstrap, desc="bootstrap", unit="resample", disable=not progress) as bar:
+        for start in range(0, n_bootstrap, chunk):
+            reps = min(chunk, n_bootstrap - start)
+            # int32 draws are twice as fast as int64 ones; score sets stay far below 2**31.
+            idx_b = rng_b.integers(0, b.size, size=(reps, b.size), dtype=np.int32)
+            idx_s = rng_s.integers(0, s.size, size=(reps, s.size), dtype=np.int32)
+            out[start : start + reps] = _eers_from_resamples(b, s, idx_b, idx_s)
+            bar.update(reps)
+    return out
+
+
+def bootstrap_eer_ci(
+    bonafide: Any,
+    spoof: Any,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    progress: bool = False,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the EER (percent)."""
+    eers = bootstrap_eers(bonafide, spoof, n_bootstrap, seed, progress=progress)
+    if eers.size == 0:
+        raise ConfigError("a bootstrap interval needs at least one resample")
+    alpha = (1 - level) / 2 * 100
+    lo, hi = np.percentile(eers, [alpha, 100 - alpha])
+    return float(lo), float(hi)
+
+
+# --- t-DCF (ASVspoof 2019) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AsvScores:
+    """Scores of the fixed ASV system of the tandem: target, nontarget (zero-effort) and spoof trials."""
+
+    target: np.ndarray
+    nontarget: np.ndarray
+    spoof: np.ndarray
+    path: str = "<asv scores>"
+
+
+_ASV_KEYS = ("target", "nontarget", "spoof")
+
+
+def read_asv_scores(path: str | Path) -> AsvScores:
+    """Read an ASVspoof ASV score file.
+
+    Two layouts: the ASVspoof 2019 organisers' ``ASVspoof2019.LA.asv.{dev,eval}.gi.trl.scores.txt``
+    (``SPEAKER KEY SCORE``, e.g. ``LA_0039 target 1.2345``), and the 6-column form of the tDCF_python_v2
+    package (``SPEAKER UTT - SOURCE KEY SCORE``). KEY is target, nontarget or spoof.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProtocolError(path, None, "ASV score file not found")
+    groups: dict[str, list[float]] = {k: [] for k in _ASV_KEYS}
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) == 3:
+                key, raw = fields[1], fields[2]
+            elif len(fields) == 6:
+                key, raw = fields[4], fields[5]
+            else:
+                raise ProtocolError(
+                    path, lineno, f"expected 3 fields (SPEAKER KEY SCORE) or 6, got {len(fields)}"
+                )
+            if key not in groups:
+                raise ProtocolError(
+                    path, lineno, f"unknown ASV key {key!r} (expected target, nontarget or spoof)"
+                )
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ProtocolError(path, lineno, f"score {raw!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ProtocolError(path, lineno, f"score {raw!r} is not finite")
+            groups[key].append(value)
+    for key in _ASV_KEYS:
+        if not groups[key]:
+            raise ProtocolError(path, None, f"no {key} trials; the t-DCF needs target, nontarget and spoof")
+    return AsvScores(*(np.asarray(groups[k], dtype=np.float64) for k in _ASV_KEYS), path=str(path))
+
+
+def obtain_asv_error_rates(asv: AsvScores, asv_threshold: float) -> tuple[float, float, float]:
+    """(Pfa_asv, Pmiss_asv, Pmiss_spoof_asv) at ``asv_threshold``, as in the reference (accept if >=)."""
+    pfa = float(np.sum(asv.nontarget >= asv_threshold) / asv.nontarget.size)
+    pmiss = float(np.sum(asv.target < asv_threshold) / asv.target.size)
+    pmiss_spoof = float(np.sum(asv.spoof < asv_threshold) / asv.spoof.size)
+    return pfa, pmiss, pmiss_spoof
+
+
+def compute_tdcf_curve(
+    bonafide_cm: Any,
+    spoof_cm: Any,
+    pfa_asv: float,
+    pmiss_asv: float,
+    pmiss_spoof_asv: float,
+    cost_model: dict[str, float] = ASVSPOOF2019_COST_MODEL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised t-DCF over all CM thresholds, ASVspoof 2019 formulation (tDCF_python_v1)::
+
+        C1 = Ptar (Cmiss_cm - Cmiss_asv Pmiss_asv) - Pnon Cfa_asv Pfa_asv
+        C2 = Cfa_cm Pspoof (1 - Pmiss_spoof_asv)
+        tDCF_norm(s) = (C1 Pmiss_cm(s) + C2 Pfa_cm(s)) / min(C1, C2)
+
+    The reference's sanity checks raise NcdetectError here instead of exiting the process.
+    """
+    cm = cost_model
+    priors = (cm["Ptar"], cm["Pnon"], cm["Pspoof"])
+    if min(priors) < 0 or abs(sum(priors) - 1) > 1e-10:
+        raise ConfigError("t-DCF priors must be non-negative and sum to one")
+    bona = _as_scores(bonafide_cm, "bonafide")
+    spoof = _as_scores(spoof_cm, "spoof")
+    combined = np.concatenate((bona, spoof))
+    if not np.isfinite(combined).all():
+        raise NcdetectError("CM scores contain inf; the t-DCF needs finite scores")
+    if np.unique(combined).size < 3:
+        raise NcdetectError(
+            "the t-DCF needs soft CM scores, not binary decisions (fewer than 3 distinct scores)"
+        )
+    pmiss_cm, pfa_cm, thresholds = compute_det_curve(bona, spoof)
+    c1 = cm["Ptar"] * (cm["Cmiss_cm"] - cm["Cmiss_asv"] * pmiss_asv) - cm["Pnon"] * cm["Cfa_asv"] * pfa_asv
+    c2 = cm["Cfa_cm"] * cm["Pspoof"] * (1 - pmiss_spoof_asv)
+    if c1 < 0 or c2 < 0:
+        raise NcdetectError(f"negative t-DCF weights (C1={c1:.5g}, C2={c2:.5g}); check the ASV error rates")
+    if min(c1, c2) == 0:
+        raise NcdetectError(
+            "t-DCF normaliser is zero: the ASV accepts no spoof or the CM cost of a miss vanishes"
+        )
+    tdcf = c1 * pmiss_cm + c2 * pfa_cm
+    return tdcf / np.minimum(c1, c2), thresholds
+
+
+def min_tdcf(
+    bonafide_cm: Any, spoof_cm: Any, asv: AsvScores, cost_model: dict[str, float] = ASVSPOOF2019_COST_MODEL
+) -> dict[str, Any]:
+    """Minimum normalised t-DCF of a CM in tandem with ``asv`` fixed at its EER threshold (ASVspoof 2019)."""
+    asv_eer, asv_threshold = compute_eer(asv.target, asv.nontarget)
+    pfa, pmiss, pmiss_spoof = obtain_asv_error_rates(asv, asv_threshold)
+    curve, thresholds = compute_tdcf_curve(bonafide_cm, spoof_cm, pfa, pmiss, pmiss_spoof, cost_model)
+    i = int(np.argmin(curve))
+    return {
+        "min_tdcf": float(curve[i]),
+        "threshold": float(thresholds[i]),
+        "asv_eer": asv_eer,
+        "asv_threshold": asv_threshold,
+        "pfa_asv": pfa,
+        "pmiss_asv": pmiss,
+        "pmiss_spoof_asv": pmiss_spoof,
+        "cost_model": dict(cost_model),
+    }
+
+
+# --- score files ---------------------------------------------------------------------------------
+
+
+def validate_scores(df: pd.DataFrame, source: str | Path = "<scores>") -> pd.DataFrame:
+    """Check a scores table and return a clean copy (float ``score``, str ``label``/``attack``).
+
+    Errors name ``source`` and the CSV line (header = line 1, so row i is line i + 2).
+    """
+    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ProtocolError(
+            source, 1, f"scores lack columns {missing}; they need {SCORE_COLUMNS} (+ optional attack)"
+        )
+    out = df.reset_index(drop=True).copy()
+    raw = out["score"]
+    score = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(score)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ProtocolError(source, i + 2, f"score {raw.iloc[i]!r} is not a finite number")
+    out["score"] = score
+    out["label"] = out["label"].astype(str).str.strip()
+    bad_label = ~out["label"].isin(LABELS)
+    if bad_label.any():
+        i = int(np.flatnonzero(bad_label.to_numpy())[0])
+        raise ProtocolError(
+            source, i + 2, f"unknown label {out['label'].iloc[i]!r} (expected bonafide or spoof)"
+        )
+    for lab in LABELS:
+        if not (out["label"] == lab).any():
+            raise ProtocolError(source, None, f"no {lab} rows; the EER needs both bonafide and spoof scores")
+    out["utt_id"] = out["utt_id"].astype(str)
+    if "attack" in out.columns:
+        out["attack"] = out["attack"].astype(str).str.strip()
+    return out
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    """Read and validate a scores CSV (``utt_id,score,label`` + optional ``attack``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProtocolError(path, None, "scores file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ProtocolError(path, None, f"cannot read scores ({err})") from None
+    if not text.strip():
+        raise ProtocolError(path, None, "scores file is empty")
+    # The csv module reports ragged rows with their line number, which pandas would not.
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    for lineno, row in enumerate(reader, start=2):
+        if row and len(row) != len(header):
+            raise ProtocolError(path, lineno, f"expected {len(header)} fields, got {len(row)}")
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
+    return validate_scores(df, path)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def _per_attack(df: pd.DataFrame, bona: np.ndarray) -> dict[str, dict[str, Any]]:
+    if "attack" not in df.columns:
+        return {}
+    spoof = df[df["label"] == "spoof"]
+    result: dict[str, dict[str, Any]] = {}
+    for attack, group in sorted(spoof.groupby("attack", sort=False), key=lambda kv: str(kv[0])):
+        eer, thr = compute_eer(bona, group["score"].to_numpy())
+        result[str(attack)] = {"eer": eer, "threshold": thr, "n": len(group)}
+    return result
+
+
+def evaluate_scores(
+    df: pd.DataFrame,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    asv: AsvScores | str | Path | None = None,
+    source: str | Path = "<scores>",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """EER with threshold and bootstrap 95% interval, per-attack EERs, counts, and min t-DCF given ASV scores.
+
+    The result holds only JSON types. ``eer_ci95`` is None when ``n_bootstrap`` is 0.
+    """
+    if n_bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
+    df = validate_scores(df, source)
+    bona = df.loc[df["label"] == "bonafide", "score"].to_numpy()
+    spoof = df.loc[df["label"] == "spoof", "score"].to_numpy()
+    eer, threshold = compute_eer(bona, spoof)
+    ci = list(bootstrap_eer_ci(bona, spoof, n_bootstrap, seed, progress=progress)) if n_bootstrap else None
+    result: dict[str, Any] = {
+        "eer": eer,
+        "threshold": threshold,
+        "eer_ci95": ci,
+        "n_bootstrap": int(n_bootstrap),
+        "seed": int(seed),
+        "n_bonafide": int(bona.size),
+        "n_spoof": int(spoof.size),
+        "counts": {"bonafide": int(bona.size), "spoof": int(spoof.size)},
+        "per_attack": _per_attack(df, bona),
+    }
+    if asv is not None:
+        asv_scores = asv if isinstance(asv, AsvScores) else read_asv_scores(asv)
+        tdcf = min_tdcf(bona, spoof, asv_scores)
+        result["min_tdcf"] = tdcf.pop("min_tdcf")
+        result["tdcf"] = {"asv_scores": asv_scores.path, **tdcf}
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Human-readable table of an ``evaluate_scores`` result."""
+    lines = [f"bonafide: {result['n_bonafide']}   spoof: {result['n_spoof']}"]
+    ci = result.get("eer_ci95")
+    ci_text = f"   95% CI [{ci[0]:.3f}, {ci[1]:.3f}] ({result['n_bootstrap']} bootstraps)" if ci else ""
+    lines.append(f"EER: {result['eer']:.3f} %{ci_text}")
+    lines.append(f"EER threshold: {result['threshold']:.6g}")
+    if "min_tdcf" in result:
+        t = result["tdcf"]
+        lines.append(
+            f"min t-DCF (ASVspoof 2019): {result['min_tdcf']:.5f}   "
+            f"(ASV EER {t['asv_eer']:.3f} %, CM threshold {t['threshold']:.6g})"
+        )
+    per_attack = result.get("per_attack") or {}
+    if per_attack:
+        width = max(6, *(len(a) for a in per_attack))
+        lines.append("")
+        lines.append(f"{'attack':<{width}}  {'n':>8}  {'EER %':>8}")
+        for attack, row in per_attack.items():
+            lines.append(f"{attack:<{width}}  {row['n']:>8d}  {row['eer']:>8.3f}")
+    return "\n".join(lines)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+# Probabilities; normal deviates closer than ~0.25 apart would make the tick labels collide.
+_DET_TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999]
+
+
+def _save(fig: Any, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return out_png
+
+
+def plot_det(curves: dict[str, tuple[Any, Any]], out_png: str | Path) -> Path:
+    """DET curves (miss vs false alarm on normal-deviate axes) of several systems, EER points marked.
+
+    ``curves`` maps a system name to its (bonafide scores, spoof scores).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scipy.stats import norm
+
+    if not curves:
+        raise NcdetectError("plot_det needs at least one system")
+    eps = 5e-4  # rates of 0 or 1 sit on the frame (+-3.3 deviates) instead of at infinity
+    fig = Figure(figsize=(7, 7))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (bona, spoof) in curves.items():
+        frr, far, _ = compute_det_curve(bona, spoof)
+        eer, _ = compute_eer(bona, spoof)
+        x = norm.ppf(np.clip(far, eps, 1 - eps))
+        y = norm.ppf(np.clip(frr, eps, 1 - eps))
+        (line,) = ax.plot(x, y, lw=1.5, label=f"{name} (EER {eer:.2f}%)")
+        e = norm.ppf(np.clip(eer / 100, eps, 1 - eps))
+        ax.plot([e], [e], "o", color=line.get_color(), ms=6)
+    lim = norm.ppf([eps, 1 - eps])
+    ax.plot(lim, lim, ":", color="0.6", lw=1)
+    ticks = norm.ppf(_DET_TICKS)
+    labels = [f"{100 * t:g}" for t in _DET_TICKS]
+    ax.set_xticks(ticks, labels)
+    ax.set_yticks(ticks, labels)
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    ax.set_xlabel("False acceptance rate (spoof accepted) [%]")
+    ax.set_ylabel("False rejection rate (bonafide rejected) [%]")
+    ax.set_title("DET curve")
+    ax.grid(True, color="0.85")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_score_histograms(
+    df: pd.DataFrame, out_png: str | Path, per_attack: bool = True, bins: int = 60
+) -> Path:
+    """Score histograms per class with the EER threshold; a second panel per attack when available."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    df = validate_scores(df)
+    bona = df.loc[df["label"] == "bonafide", "score"].to_numpy()
+    spoof = df.loc[df["label"] == "spoof", "score"].to_numpy()
+    eer, threshold = compute_eer(bona, spoof)
+    edges = np.histogram_bin_edges(df["score"].to_numpy(), bins=bins)
+    attacks = []
+    if per_attack and "attack" in df.columns:
+        attacks = sorted(df.loc[df["label"] == "spoof", "attack"].unique())
+    show_attacks = len(attacks) > 1
+    fig = Figure(figsize=(8, 6 if show_attacks else 3.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2 if show_attacks else 1, 1, squeeze=False)[:, 0]
+    ax = axes[0]
+    ax.hist(bona, bins=edges, density=True, alpha=0.6, label=f"bonafide (n={bona.size})", color="tab:green")
+    ax.hist(spoof, bins=edges, density=True, alpha=0.6, label=f"spoof (n={spoof.size})", color="tab:red")
+    for a in axes:
+        a.axvline(threshold, color="k", ls="--", lw=1, label=f"EER threshold {threshold:.3g} ({eer:.2f}%)")
+        a.set_ylabel("density")
+    ax.legend(fontsize=8)
+    if show_attacks:
+        ax2 = axes[1]
+        ax2.hist(
+            bona,
+            bins=edges,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.3,
+            color="tab:green",
+            label="bonafide",
+        )
+        for attack in attacks:
+            s = df.loc[(df["label"] == "spoof") & (df["attack"] == attack), "score"].to_numpy()
+            ax2.hist(s, bins=edges, density=True, histtype="step", lw=1.2, label=str(attack))
+        ax2.legend(fontsize=7, ncol=2)
+    axes[-1].set_xlabel("score (higher = bonafide)")
+    return _save(fig, out_png)
+
+
+def write_plots(df: pd.DataFrame, out_dir: str | Path, max_attacks: int = 20) -> dict[str, Path]:
+    """``det.png`` (all spoofs, plus one curve per attack when there are at most ``max_attacks``) and
+    ``hist.png`` in ``out_dir``."""
+    df = validate_scores(df)
+    out_dir = Path(out_dir)
+    bona = df.loc[df["label"] == "bonafide", "score"].to_numpy()
+    spoof = df[df["label"] == "spoof"]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {"all spoofs": (bona, spoof["score"].to_numpy())}
+    if "attack" in df.columns:
+        attacks = sorted(spoof["attack"].unique())
+        if 1 < len(attacks) <= max_attacks:
+            for attack in attacks:
+                curves[str(attack)] = (bona, spoof.loc[spoof["attack"] == attack, "score"].to_numpy())
+    return {
+        "det": plot_det(curves, out_dir / "det.png"),
+        "hist": plot_score_histograms(df, out_dir / "hist.png"),
+    }
