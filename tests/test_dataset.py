@@ -1,0 +1,315 @@
+"""AudioDataset, collate, the bad-file policy, the loader, and the feature cache."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import make_corpus
+from ncdetect.data import audio as audio_mod
+from ncdetect.data import dataset as dataset_mod
+from ncdetect.data.cache import CachedFeatureDataset, FeatureCache
+from ncdetect.data.dataset import (
+    AudioDataset,
+    EpochShuffleSampler,
+    collate,
+    make_loader,
+    raise_or_skip,
+    write_skipped,
+)
+from ncdetect.data.frontends import LogMel, RawFrames
+from ncdetect.data.manifest import read_manifest
+from ncdetect.errors import NcdetectError
+
+N = 4_000  # a quarter-second window keeps the tests fast; the clips are 0.7-1.3 s
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dscorpus")
+    manifest = read_manifest(make_corpus(root, n_bonafide=4, n_spoof=6, seed=5))
+    # one short clip (shorter than the window) and one unreadable file
+    short = root / "wav" / "short.wav"
+    short_x = np.sin(np.arange(1500) / 5).astype(np.float32) * 0.5
+    sf.write(str(short), short_x, 16_000, subtype="FLOAT")
+    bad = root / "wav" / "bad.wav"
+    bad.write_text("not audio")
+    extra = pd.DataFrame([
+        dict(utt_id="short", path=str(short), label="bonafide", dataset="toy", attack="-", speaker="s"),
+        dict(utt_id="bad", path=str(bad), label="spoof", dataset="toy", attack="A01", speaker="s"),
+    ])
+    return pd.concat([manifest, extra], ignore_index=True)
+
+
+def _full(path: str) -> np.ndarray:
+    return audio_mod.load_audio(path)
+
+
+def _where(window: np.ndarray, full: np.ndarray) -> int:
+    """Start of ``window`` inside ``full`` (exact match), or -1."""
+    hits = np.flatnonzero(np.isclose(full, window[0], atol=0))
+    for h in hits:
+        if h + len(window) <= len(full) and np.array_equal(full[h : h + len(window)], window):
+            return int(h)
+    return -1
+
+
+def test_eval_items_are_first_window_tile_padded(corpus):
+    ds = AudioDataset(corpus, num_samples=N)
+    assert len(ds) == len(corpus)
+    item = ds[0]
+    assert set(item) == {"wave", "label", "index", "error"}
+    assert item["error"] is None and item["index"] == 0 and item["label"] == 1  # bonafide
+    assert item["wave"].dtype == torch.float32 and item["wave"].shape == (N,)
+    np.testing.assert_array_equal(item["wave"].numpy(), _full(corpus.path[0])[:N])
+    short = ds[len(corpus) - 2]
+    x = _full(corpus.path.iloc[-2])
+    np.testing.assert_array_equal(short["wave"].numpy(), np.tile(x, 3)[:N])
+    np.testing.assert_array_equal(ds[3]["wave"].numpy(), ds[3]["wave"].numpy())
+
+
+def test_bad_file_is_returned_not_raised(corpus):
+    ds = AudioDataset(corpus, num_samples=N, train=True)
+    item = ds[len(corpus) - 1]
+    assert item["wave"] is None and item["label"] == 0
+    assert item["error"].startswith(corpus.path.iloc[-1] + ": ")
+    assert "not a readable audio file" in item["error"]
+
+
+def test_train_crops_are_windows_of_the_file_and_reproducible(corpus):
+    ds = AudioDataset(corpus, num_samples=N, train=True, seed=7)
+    full = _full(corpus.path[1])
+    starts = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        w = ds[1]["wave"].numpy()
+        start = _where(w, full)
+        assert start >= 0, "a training crop must be a contiguous window of the clip"
+        starts.append(start)
+        np.testing.assert_array_equal(w, ds[1]["wave"].numpy())  # same (seed, epoch, index)
+    assert len(set(starts)) >= 4  # epochs differ
+    ds.set_epoch(2)
+    again = AudioDataset(corpus, num_samples=N, train=True, seed=7)
+    again.set_epoch(2)
+    np.testing.assert_array_equal(again[1]["wave"].numpy(), ds[1]["wave"].numpy())
+    other_seed = AudioDataset(corpus, num_samples=N, train=True, seed=8)
+    other_seed.set_epoch(2)
+    assert not np.array_equal(other_seed[1]["wave"].numpy(), ds[1]["wave"].numpy())
+
+
+def test_train_reads_only_the_window(corpus, monkeypatch):
+    calls = []
+
+    def spy(path, sample_rate=16_000, offset=0.0, duration=None):
+        calls.append((offset, duration))
+        return audio_mod.load_audio(path, sample_rate, offset, duration)
+
+    monkeypatch.setattr(dataset_mod, "load_audio", spy)
+    AudioDataset(corpus, num_samples=N, train=True)[0]
+    AudioDataset(corpus, num_samples=N, train=False)[0]
+    assert calls[0][1] == pytest.approx(N / 16_000) and calls[0][0] >= 0
+    assert calls[1] == (0.0, pytest.approx(N / 16_000))
+
+
+def test_trim_silence_option(tmp_path):
+    x = np.concatenate([np.zeros(8000), 0.5 * np.sin(np.arange(3000) / 3), np.zeros(8000)]).astype(np.float32)
+    path = tmp_path / "padded.wav"
+    sf.write(str(path), x, 16_000, subtype="FLOAT")
+    df = pd.DataFrame({"path": [str(path)], "label": ["bonafide"]})
+    plain = AudioDataset(df, num_samples=3000)[0]["wave"].numpy()
+    trimmed = AudioDataset(df, num_samples=3000, trim_silence=True)[0]["wave"].numpy()
+    assert not np.any(plain)  # the first 3000 samples are silence
+    assert np.mean(np.abs(trimmed) > 0) > 0.8  # trimming works in 10 ms hops, so a frame may remain
+    item = AudioDataset(df, num_samples=3000, trim_silence=True, train=True)[0]
+    assert item["error"] is None and np.any(item["wave"].numpy())
+
+
+def test_collate_drops_bad_items_and_lists_them(corpus):
+    ds = AudioDataset(corpus, num_samples=N)
+    items = [ds[i] for i in (0, len(corpus) - 1, 2)]
+    batch = collate(items)
+    assert batch["wave"].shape == (2, N)
+    assert batch["label"].tolist() == [1, 1] and batch["index"].tolist() == [0, 2]
+    assert len(batch["errors"]) == 1 and batch["errors"][0][0] == len(corpus) - 1
+    empty = collate([ds[len(corpus) - 1]])
+    assert empty["wave"].numel() == 0 and empty["label"].numel() == 0 and len(empty["errors"]) == 1
+
+
+def test_raise_or_skip_and_write_skipped(corpus, tmp_path):
+    errors = [(len(corpus) - 1, f"{corpus.path.iloc[-1]}: not a readable audio file (x)")]
+    skipped: list = []
+    with pytest.raises(NcdetectError, match=r"bad\.wav: not a readable audio file"):
+        raise_or_skip(errors, skip_bad=False, skipped=skipped)
+    assert skipped == []
+    raise_or_skip(errors, skip_bad=True, skipped=skipped)
+    raise_or_skip(errors, skip_bad=True, skipped=skipped)  # the same file in a second epoch
+    out = write_skipped(skipped, tmp_path, manifest=corpus)
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(df.columns) == ["index", "utt_id", "path", "reason"]
+    assert len(df) == 1 and df.utt_id[0] == "bad" and df.path[0] == corpus.path.iloc[-1]
+    assert df.reason[0] == "not a readable audio file (x)"
+    no_manifest = pd.read_csv(write_skipped(skipped, tmp_path / "b"), keep_default_na=False)
+    assert no_manifest.path[0] == corpus.path.iloc[-1]
+    assert len(pd.read_csv(write_skipped([], tmp_path / "c"))) == 0
+
+
+def _epoch_waves(loader, ds, epoch):
+    ds.set_epoch(epoch)
+    out = {}
+    for batch in loader:
+        for i, w in zip(batch["index"].tolist(), batch["wave"], strict=True):
+            out[i] = w.clone()
+    return out
+
+
+def test_crops_do_not_depend_on_workers_and_reach_persistent_workers(corpus):
+    good = corpus.iloc[:-1].reset_index(drop=True)
+    ds0 = AudioDataset(good, num_samples=N, train=True, seed=1)
+    ds2 = AudioDataset(good, num_samples=N, train=True, seed=1)
+    l0 = make_loader(ds0, batch_size=3, shuffle=True, num_workers=0, seed=4)
+    l2 = make_loader(ds2, batch_size=3, shuffle=True, num_workers=2, seed=4)
+    assert l2.persistent_workers
+    seen = []
+    for epoch in (0, 1):
+        a, b = _epoch_waves(l0, ds0, epoch), _epoch_waves(l2, ds2, epoch)
+        assert a.keys() == b.keys() == set(range(len(good)))
+        for i in a:
+            torch.testing.assert_close(a[i], b[i], rtol=0, atol=0)
+        seen.append(a)
+    # the second epoch really used epoch 1 inside the persistent workers
+    assert any(not torch.equal(seen[0][i], seen[1][i]) for i in seen[0])
+
+
+def test_epoch_shuffle_sampler_is_a_function_of_seed_and_epoch(corpus):
+    ds = AudioDataset(corpus, num_samples=N)
+    s = EpochShuffleSampler(ds, seed=3)
+    ds.set_epoch(0)
+    e0 = list(s)
+    ds.set_epoch(1)
+    e1 = list(s)
+    ds.set_epoch(0)
+    assert list(s) == e0 and sorted(e0) == list(range(len(ds))) and e0 != e1
+    assert list(EpochShuffleSampler(ds, seed=4)) != e0
+
+
+# ------------------------------------------------------------------------------------------ the cache
+def test_cache_build_eval_features_and_errors(corpus, tmp_path):
+    fe = LogMel()
+    cache = FeatureCache(tmp_path / "cache", fe, corpus, num_samples=N, crop_factor=1.5)
+    assert not cache.complete
+    cache.build(batch_size=4, progress=False)
+    assert cache.complete and cache.path.is_dir()
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
+    meta = json.loads((cache.path / "meta.json").read_text())
+    assert meta["n_items"] == len(corpus) and meta["frames"] == fe.num_frames(N) and meta["n_errors"] == 1
+    feats = np.load(cache.path / "features.npy", mmap_mode="r")
+    assert feats.shape == (len(corpus), 80, fe.num_frames(6000))
+    ds = cache.dataset(train=False)
+    audio = AudioDataset(corpus, num_samples=N)
+    with torch.no_grad():
+        for i in (0, 3, len(corpus) - 2):
+            item = ds[i]
+            assert item["error"] is None and item["features"].shape == (1, 80, fe.num_frames(N))
+            ref = fe(audio[i]["wave"][None])[0]
+            # identical except the last frames, whose analysis window reaches past the window edge
+            torch.testing.assert_close(item["features"][..., :-2], ref[..., :-2], rtol=1e-4, atol=1e-4)
+    bad = ds[len(corpus) - 1]
+    assert bad["features"] is None and "not a readable audio file" in bad["error"]
+    batch = collate([ds[0], bad, ds[1]])
+    assert batch["features"].shape == (2, 1, 80, fe.num_frames(N)) and len(batch["errors"]) == 1
+
+
+def test_cache_train_crops_stay_in_real_audio_and_are_reproducible(corpus, tmp_path):
+    fe = RawFrames(frame=100)  # raw frames make crops easy to locate in the audio
+    cache = FeatureCache(tmp_path / "cache", fe, corpus, num_samples=N, crop_factor=2.0).build(progress=False)
+    ds = cache.dataset(train=True, seed=2)
+    full = _full(corpus.path[1])[: 2 * N]
+    starts = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        f = ds[1]["features"][0].T.reshape(-1).numpy()  # back to samples
+        assert f.shape == (N,)
+        start = _where(f, full)
+        assert start >= 0 and start % 100 == 0
+        starts.add(start)
+        torch.testing.assert_close(ds[1]["features"], ds[1]["features"])
+    assert len(starts) >= 4
+    # a clip shorter than the training window is never cropped past its real audio
+    short = len(corpus) - 2
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        torch.testing.assert_close(ds[short]["features"], cache.dataset(train=False)[short]["features"])
+
+
+def test_cache_key_follows_files_and_settings(corpus, tmp_path):
+    fe = LogMel()
+    a = FeatureCache(tmp_path, fe, corpus, num_samples=N)
+    assert a.key == FeatureCache(tmp_path, LogMel(), corpus, num_samples=N).key
+    assert a.key != FeatureCache(tmp_path, LogMel(n_mels=40), corpus, num_samples=N).key
+    assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N + 160).key
+    assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N, crop_factor=1.2).key
+    assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N, dtype="float16").key
+    assert a.key != FeatureCache(tmp_path, fe, corpus.iloc[:-1], num_samples=N).key
+    path = corpus.path[0]
+    st = os.stat(path)
+    try:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N).key
+    finally:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_killed_build_is_never_taken_as_finished(corpus, tmp_path, monkeypatch):
+    class Exploding(LogMel):
+        calls = 0
+
+        def forward(self, wave):
+            Exploding.calls += 1
+            if Exploding.calls > 1:
+                raise KeyboardInterrupt  # as a user's Ctrl-C mid-build
+            return super().forward(wave)
+
+    cache = FeatureCache(tmp_path, Exploding(), corpus, num_samples=N)
+    with pytest.raises(KeyboardInterrupt):
+        cache.build(batch_size=2, progress=False)
+    assert not cache.complete and not cache.path.exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # cleaned up on the way out
+    # a leftover of a process killed with SIGKILL: a temp folder of a dead pid
+    import socket
+
+    dead = tmp_path / f".{cache.key}.{socket.gethostname()}.999999999.x.tmp"
+    dead.mkdir()
+    (dead / "meta.json").write_text(json.dumps({"key": cache.key}))
+    assert not cache.complete
+    with pytest.raises(NcdetectError, match="not built"):
+        cache.dataset()
+    built = FeatureCache(tmp_path, LogMel(), corpus, num_samples=N).build(progress=False)
+    assert not dead.exists()
+    # a cache whose features were damaged afterwards is refused with a message, not a numpy traceback
+    (built.path / "features.npy").write_bytes(b"garbage")
+    with pytest.raises(NcdetectError, match=r"features\.npy"):
+        built.dataset()
+
+
+def test_cache_float16_and_workers(corpus, tmp_path):
+    fe = LogMel()
+    c32 = FeatureCache(tmp_path, fe, corpus, num_samples=N).build(progress=False)
+    c16 = FeatureCache(tmp_path, fe, corpus, num_samples=N, dtype="float16").build(num_workers=2,
+                                                                                   progress=False)
+    assert np.load(c16.path / "features.npy", mmap_mode="r").dtype == np.float16
+    a, b = c32.dataset(), c16.dataset()
+    for i in range(len(corpus) - 1):
+        assert torch.max(torch.abs(a[i]["features"] - b[i]["features"])) < 0.01
+    # the memory map is reopened in each worker, not pickled with the dataset
+    ds = CachedFeatureDataset(c32.path, train=True)
+    ds.features  # noqa: B018 - open it in the parent first
+    assert ds.__getstate__()["_features"] is None
+    loader = make_loader(ds, batch_size=4, shuffle=True, num_workers=2)
+    n = sum(len(b["index"]) for b in loader)
+    assert n == len(corpus) - 1
