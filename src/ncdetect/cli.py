@@ -73,6 +73,34 @@ def prepare_cmd(
     typer.echo(f"{out}: {corpora.summarize(df)}")
 
 
+@app.command("demo-corpus")
+def demo_corpus_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for the audio, the manifests and demo_corpus.json."),
+    quick: bool = typer.Option(False, "--quick", help="60 prompts per language instead of all (~360 clips)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the splits, padding, levels and codec draws."),
+    max_prompts: Optional[int] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
+        None, "--max-prompts", min=4, help="Prompts per language (overrides --quick)."
+    ),
+) -> None:
+    """Build the demo corpus from Debian packages: Allison's Asterisk prompts (en, es) as bonafide;
+    espeak-ng, festival kal_diphone, WORLD and Griffin-Lim re-syntheses of the same prompts as spoof."""
+    import json
+
+    from .data.demo_corpus import build_demo_corpus
+
+    manifests = build_demo_corpus(out, quick=quick, seed=seed, max_prompts=max_prompts)
+    summary = json.loads((Path(out) / "demo_corpus.json").read_text(encoding="utf-8"))
+    for lang, p in summary["prompts"].items():
+        skipped = ", ".join(f"{n} {why}" for why, n in p["skipped"].items()) or "none"
+        typer.echo(f"{lang} prompts: {p['used']} used of {p['available']} usable (not usable: {skipped})")
+    for key, path in manifests.items():
+        c = summary["counts"][key]
+        typer.echo(f"{path}: {c['clips']} clips ({c['bonafide']} bonafide, {c['spoof']} spoof)")
+    eers = summary["trivial_cue_eers"]["demo_target"]
+    shown = ", ".join(f"{name} {eer:.1f}%" for name, eer in eers.items())
+    typer.echo(f"trivial-cue EERs on demo_target (50% = no cue, the floor is 30%): {shown}")
+
+
 # --- train ---------------------------------------------------------------------------------------
 
 
@@ -88,14 +116,18 @@ def train_cmd(
     ),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     set_: list[str] = typer.Option(
-        [], "--set", help="Override a config value, KEY=VALUE parsed as YAML, e.g. optim.lr=0.001 (repeatable)."
+        [], "--set", help="Override a config value, KEY=VALUE parsed as YAML, e.g. optim.lr=0.001 "
+        "(repeatable).",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last completed epoch (same config)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run in --out instead of refusing."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing run in --out instead of refusing."
+    ),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Skip unreadable audio files (listed in RUN/skipped.csv) instead of stopping."
+        False, "--skip-bad", help="Skip unreadable audio files (listed in RUN/skipped.csv) instead of "
+        "stopping.",
     ),
 ) -> None:
     """Train a detector. Writes RUN/model.safetensors, config.yaml, metrics.json and train.log.
@@ -128,7 +160,8 @@ def embed_cmd(
     out: Path = typer.Option(..., "--out", help="Embedding folder to write."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Utterances per batch."),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Skip unreadable audio files (listed in OUT/skipped.csv) instead of stopping."
+        False, "--skip-bad", help="Skip unreadable audio files (listed in OUT/skipped.csv) instead of "
+        "stopping.",
     ),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:1, ..."),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes."),
@@ -145,6 +178,124 @@ def embed_cmd(
     )
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(path / "embeddings.npy")
+
+
+class SampleStrategy(str, Enum):
+    """Names match ncdetect.collapse.sampling.STRATEGIES (a test checks this)."""
+
+    nc = "nc"
+    random = "random"
+    farthest = "farthest"
+    kcenter = "kcenter"
+    herding = "herding"
+
+
+class FakeMode(str, Enum):
+    class_ = "class"
+    attack = "attack"
+    kmeans = "kmeans"
+    spread = "spread"
+
+
+class DistanceMetric(str, Enum):
+    euclidean = "euclidean"
+    cosine = "cosine"
+
+
+class ProjectionMethod(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+def _json_safe(value: object) -> object:
+    """NaN and Inf are not JSON; they become null."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@app.command("collapse")
+def collapse_cmd(
+    emb: Path = typer.Argument(..., help="Embedding folder (from `ncdetect embed`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as a JSON object."),
+) -> None:
+    """Neural-collapse metrics of one embedding folder: NC1, NC2 (equinorm, equiangularity), NC3, NC4
+    and the within-class distance percentiles. NC3 and NC4 need head.npz."""
+    import json
+
+    from .collapse.embeddings import load_embeddings
+    from .collapse.metrics import format_metrics, nc_metrics
+
+    es = load_embeddings(emb, require_head=False)
+    try:
+        metrics = nc_metrics(es.embeddings, es.labels, es.W, es.b, progress=sys.stderr.isatty())
+    except NcdetectError as err:
+        raise NcdetectError(f"{es.path}: {err}") from None
+    if as_json:
+        typer.echo(json.dumps(_json_safe(metrics), indent=2))
+    else:
+        typer.echo(format_metrics(metrics, title=f"{es.path} ({es.name})"))
+
+
+@app.command("sample")
+def sample_cmd(
+    emb: list[Path] = typer.Argument(..., help="Embedding folders, one per source model and corpus."),
+    strategy: SampleStrategy = typer.Option(..., "--strategy", help="Selection strategy."),
+    rate: float = typer.Option(..., "--rate", help="Fraction of each class to keep, in (0, 1]."),
+    real_rate: Optional[float] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
+        None, "--real-rate", help="Fraction of bonafide to keep (default --rate)."
+    ),
+    fake_rate: Optional[float] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
+        None, "--fake-rate", help="Fraction of spoof to keep (default --rate)."
+    ),
+    fake_mode: FakeMode = typer.Option(
+        FakeMode.class_, "--fake-mode", help="How nc spreads the spoof budget: over the class, per attack, "
+        "per k-means cluster, or across distance quantiles."
+    ),
+    metric: DistanceMetric = typer.Option(
+        DistanceMetric.euclidean, "--metric", help="Euclidean distance to the class means, or 1 - cosine."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of random, kcenter, kmeans."),
+    out: Path = typer.Option(..., "--out", help="Manifest to write (.csv or .parquet); the summary goes "
+                             "to <stem>.summary.json beside it."),
+) -> None:
+    """Select a compact training set from embedding folders: per source and class, the k_c =
+    max(1, round(r * N_c)) samples chosen by the strategy; the union is deduplicated by (dataset, utt_id)."""
+    from .collapse.sampling import format_summary, sample_folders, summary_path
+
+    df = sample_folders(
+        emb, strategy=strategy.value, rate=rate, real_rate=real_rate, fake_rate=fake_rate,
+        fake_mode=fake_mode.value, metric=metric.value, seed=seed, out=out, progress=sys.stderr.isatty(),
+    )
+    summary = df.attrs["summary"]
+    for note in summary["notices"]:
+        typer.echo(f"ncdetect: notice: {note}", err=True)
+    typer.echo(format_summary(summary))
+    typer.echo(f"{out}: {len(df)} utterances (summary {summary_path(out)})")
+
+
+@app.command("plot-embeddings")
+def plot_embeddings_cmd(
+    emb: Path = typer.Argument(..., help="Embedding folder (from `ncdetect embed`)."),
+    sampled: Optional[Path] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
+        None, "--sampled", help="Manifest from `ncdetect sample`: its samples in EMB are ringed."
+    ),
+    method: ProjectionMethod = typer.Option(ProjectionMethod.pca, "--method", help="2-D projection."),
+    max_points: int = typer.Option(5000, "--max-points", min=2, help="Points drawn (selected always are)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subsample and of t-SNE."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+) -> None:
+    """Draw the embeddings in 2-D: classes by colour, attacks by marker, class means as stars."""
+    from .collapse.plot import plot_embeddings
+
+    proj = plot_embeddings(emb, out, sampled=sampled, method=method.value, max_points=max_points, seed=seed)
+    typer.echo(f"{out}: {len(proj.indices)} points, {int(proj.selected.sum())} selected")
 
 
 # --- score, evaluate, detect, export -------------------------------------------------------------
