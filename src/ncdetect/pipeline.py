@@ -31,12 +31,14 @@ import pandas as pd
 from . import __version__
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
-from .recipe import DataSpec, Recipe
+from .recipe import DataSpec, Recipe, SourceSpec
 from .sysinfo import machine_info
 
 T = TypeVar("T")
 
 FULL = "full"
+# Strategies whose selection does not depend on the seed (ties are broken by utt_id).
+SEED_FREE = {"nc", "farthest", "herding", FULL}
 
 
 @dataclass
@@ -55,6 +57,11 @@ class Stage:
 
     def finish(self, info: dict[str, Any] | None = None) -> None:
         write_json(self.dir / "DONE", {"key": self.key, **(info or {})})
+
+    @property
+    def run_dir(self) -> Path:
+        """Where a training stage keeps its run folder; the folder's name is the model's name."""
+        return self.dir / self.name
 
     def info(self) -> dict[str, Any]:
         return json.loads((self.dir / "DONE").read_text())
@@ -172,10 +179,10 @@ def _train_config(config: Path | None, overrides: dict[str, Any], seed: int):
 
 
 def _train(stage: Stage, cfg, train_manifest: Path, dev_manifest: Path | None) -> dict:
-    """Train into ``stage.dir/run``, resuming an interrupted run; returns its metrics."""
+    """Train into ``stage.dir/<stage name>``, resuming an interrupted run; returns its metrics."""
     from .train import train
 
-    run = stage.dir / "run"
+    run = stage.run_dir
     if stage.done:
         return json.loads((run / "metrics.json").read_text())
     started = time.perf_counter()
@@ -187,14 +194,19 @@ def _train(stage: Stage, cfg, train_manifest: Path, dev_manifest: Path | None) -
 def stage_sources(exp: Experiment) -> None:
     seed = exp.recipe.seeds[0]
     for src in exp.recipe.sources:
-        cfg = _train_config(src.config, src.set, seed)
         train_m = exp.manifests[f"{src.name}/train"]
         dev_m = exp.manifests.get(f"{src.name}/dev")
-        payload = {"config": cfg.model_dump(mode="json"), "train": _file_digest(train_m),
-                   "dev": dev_m and _file_digest(dev_m)}
-        stage = exp.stage("sources", src.name, payload)
-        exp.run_stage("source", src.name, lambda s=stage, c=cfg, t=train_m, d=dev_m: _train(s, c, t, d))
-        exp.source_runs[src.name] = stage.dir / "run"
+
+        def train_source(src: SourceSpec = src, train_m: Path = train_m, dev_m: Path | None = dev_m) -> Stage:
+            cfg = _train_config(src.config, src.set, seed)
+            stage = exp.stage("sources", src.name, {"config": cfg.model_dump(mode="json"),
+                                                    "train": _file_digest(train_m),
+                                                    "dev": dev_m and _file_digest(dev_m)})
+            _train(stage, cfg, train_m, dev_m)
+            return stage
+
+        stage = exp.run_stage("source", src.name, train_source)
+        exp.source_runs[src.name] = stage.run_dir
         exp.source_keys[src.name] = stage.key
 
 
@@ -228,12 +240,11 @@ def stage_embed_and_collapse(exp: Experiment) -> None:
 
 
 def _sampling_plan(recipe: Recipe) -> list[tuple[str, float, int]]:
-    """(strategy, rate, seed) triples; deterministic strategies are sampled once, under the first seed."""
-    from .collapse.sampling import DETERMINISTIC
-
+    """(strategy, rate, seed) triples; selections that ignore the seed are drawn once, under the first."""
     plan = []
     for strategy in recipe.sampling.strategies:
-        seeds = recipe.seeds[:1] if strategy in DETERMINISTIC else recipe.seeds
+        seed_free = strategy in SEED_FREE and recipe.sampling.fake_mode != "kmeans"
+        seeds = recipe.seeds[:1] if seed_free else recipe.seeds
         plan += [(strategy, rate, seed) for rate in recipe.sampling.rates for seed in seeds]
     return plan
 
@@ -279,24 +290,23 @@ def stage_sample(exp: Experiment) -> None:
 
 
 def stage_compact(exp: Experiment) -> None:
-    from .collapse.sampling import DETERMINISTIC
-
     compact = exp.recipe.compact
     for seed in exp.recipe.seeds:
-        cfg = _train_config(compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
-            # Deterministic selections are shared by every training seed.
-            if sample_seed != seed and not (strategy in DETERMINISTIC and sample_seed == exp.recipe.seeds[0]):
+            # A selection that does not depend on the seed is drawn once and shared by every seed.
+            if sample_seed != seed and not (strategy in SEED_FREE and sample_seed == exp.recipe.seeds[0]):
                 continue
             name = f"{strategy}-r{_rate_label(rate)}-s{seed}"
-            payload = {"config": cfg.model_dump(mode="json"), "train": _file_digest(manifest)}
-            stage = exp.stage("compact", name, payload)
-            metrics = exp.run_stage("compact", name, lambda s=stage, c=cfg, m=manifest: _train(s, c, m, None))
-            info = stage.info()
-            exp.compact_runs[(strategy, rate, seed)] = (stage.dir / "run", {
-                "n_train": int(metrics.get("n_train", 0)),
-                "train_seconds": float(info["train_seconds"]),
-            })
+
+            def train_compact(manifest: Path = manifest, seed: int = seed, name: str = name) -> tuple:
+                cfg = _train_config(compact.config, compact.set, seed)
+                stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
+                                                    "train": _file_digest(manifest)})
+                metrics = _train(stage, cfg, manifest, None)
+                return stage.run_dir, {"n_train": int(metrics["n_train"]),
+                                           "train_seconds": float(stage.info()["train_seconds"])}
+
+            exp.compact_runs[(strategy, rate, seed)] = exp.run_stage("compact", name, train_compact)
 
 
 # --- 7. evaluate ---------------------------------------------------------------------------------
