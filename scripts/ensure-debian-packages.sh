@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the demo corpus is built from, only when some are missing.
 set -euo pipefail
-packages=(ffmpeg espeak-ng festival festvox-kallpc16k asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722)
+packages=(ffmpeg espeak-ng festival festvox-kallpc16k asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722
+          asterisk-core-sounds-en asterisk-core-sounds-es)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

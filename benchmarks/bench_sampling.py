@@ -1,0 +1,228 @@
+"""Sampling speed and memory: `nc` on 1M x 256 memory-mapped embeddings, greedy k-center, herding.
+
+* nc: ``STRATEGIES["nc"]`` (both classes, rate 0.1, utt_id tie-breaking) on a 1,000,000 x 256 float32
+  ``.npy`` opened with ``np.load(mmap_mode="r")`` (1.02 GB, written to a temporary folder and deleted
+  afterwards). Targets: <= 3 s, and a peak RSS increase <= 2x the array's size. The RSS figure is the
+  process's high-water mark (VmHWM, reset through /proc/self/clear_refs just before the call) minus its RSS
+  before the call; it counts the memory-mapped file pages the call reads (at most 1x), so the algorithm's
+  own allocations are reported separately as the tracemalloc peak (numpy reports its buffers to it).
+  The end-to-end `sample_folders` time (index.csv of 1M rows read, manifest written) is reported too.
+* kcenter: ``STRATEGIES["kcenter"]`` choosing 10,000 of 100,000 x 256 (one class, rate 0.1). Target <= 60 s.
+* herding: ``STRATEGIES["herding"]`` choosing 1,000 of 100,000 x 256 (reported; it is O(k N D)).
+
+Every measurement runs in its own subprocess, so memory figures start clean. Embeddings are synthetic
+blobs (a mean per class and per attack, plus unit noise). Torch uses 1 thread by default (``--threads``):
+the greedy loops are many small steps, where a second thread helps little and a shared machine hurts it.
+``--quick`` divides the sizes by 10 (targets scaled linearly for time).
+
+    python benchmarks/bench_sampling.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM = 256
+NC_ROWS, NC_TARGET_S, MEM_TARGET = 1_000_000, 3.0, 2.0
+KC_ROWS, KC_CENTRES, KC_TARGET_S = 100_000, 10_000, 60.0
+HERD_ROWS, HERD_PICKS = 100_000, 1_000
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def write_embeddings(path: Path, n: int, d: int = DIM, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
+    """Blobs written chunk by chunk into a .npy (never the whole array in memory); returns the labels."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.1).astype(np.int64)  # 10% bonafide, as in ASVspoof 2019 LA train
+    attack = rng.integers(0, 6, n)
+    centres = rng.normal(size=(2, d)) * 3
+    attack_shift = rng.normal(size=(6, d))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        block = centres[labels[s:e]] + (labels[s:e] == 0)[:, None] * attack_shift[attack[s:e]]
+        block += rng.standard_normal((e - s, d))
+        out[s:e] = block
+    out.flush()
+    del out
+    return labels
+
+
+def _utt_ids(n: int) -> np.ndarray:
+    return np.array([f"utt{i:07d}" for i in range(n)], dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------------
+# workers (each runs in a fresh interpreter)
+
+
+def _worker(task: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(task["threads"])
+    from ncdetect.collapse.sampling import STRATEGIES, sample_folders
+
+    if task["kind"] == "sample_folders":
+        start = time.perf_counter()
+        df = sample_folders([task["emb_dir"]], strategy="nc", rate=0.1, out=task["out"])
+        return {"seconds": time.perf_counter() - start, "selected": len(df)}
+
+    x = np.load(task["npy"], mmap_mode="r")
+    labels = np.load(task["labels"])
+    ids = _utt_ids(len(labels)) if task["kind"] == "nc" else None
+    if task.get("tracemalloc"):
+        import tracemalloc
+
+        tracemalloc.start()
+    before = _status_kb("VmRSS")
+    reset = _reset_peak()
+    start = time.perf_counter()
+    sel = STRATEGIES[task["strategy"]](x, labels, task["rate"], seed=0, utt_ids=ids)
+    seconds = time.perf_counter() - start
+    result = {
+        "seconds": seconds,
+        "selected": len(sel),
+        "rss_before_kb": before,
+        "peak_kb": _status_kb("VmHWM"),
+        "peak_reset": reset,
+    }
+    if task.get("tracemalloc"):
+        import tracemalloc
+
+        result["traced_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+    return result
+
+
+def _spawn(task: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(task)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker {task['kind']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks
+
+
+def bench_nc(root: Path, n: int, threads: int, end_to_end: bool) -> list[dict]:
+    npy, lab = root / "big.npy", root / "labels.npy"
+    labels = write_embeddings(npy, n)
+    np.save(lab, labels)
+    array_bytes = n * DIM * 4
+    target_s = NC_TARGET_S * n / NC_ROWS
+    task = dict(kind="nc", strategy="nc", rate=0.1, npy=str(npy), labels=str(lab), threads=threads)
+    _spawn(task)  # warm the page cache, as a real run right after `ncdetect embed` would find it
+    timed = _spawn(task)
+    traced = _spawn({**task, "tracemalloc": True})
+    extra = (timed["peak_kb"] - timed["rss_before_kb"]) * 1024 / array_bytes
+    size = f"{n:,} x {DIM} float32 memmap ({array_bytes / 1e9:.2f} GB)"
+    rows = [
+        dict(what=f"nc sampling, {size}", measure="seconds (rate 0.1, both classes)",
+             value=f"{timed['seconds']:.2f}", target=f"<= {target_s:g}", ok=timed["seconds"] <= target_s,
+             throughput=n / timed["seconds"]),
+        dict(what=f"nc sampling, {size}", measure="peak RSS increase / array size",
+             value=f"{extra:.2f}x" + ("" if timed["peak_reset"] else " (peak not reset)"),
+             target=f"<= {MEM_TARGET:g}x", ok=extra <= MEM_TARGET),
+        dict(what=f"nc sampling, {size}", measure="peak numpy allocations (tracemalloc) / array size",
+             value=f"{traced['traced_peak_bytes'] / array_bytes:.3f}x", target="-", ok=None),
+    ]
+    if end_to_end:
+        import pandas as pd
+
+        emb = root / "emb"
+        emb.mkdir()
+        shutil.move(str(npy), emb / "embeddings.npy")
+        ids = _utt_ids(n)
+        index = dict(
+            utt_id=ids, path=[f"/data/{u}.flac" for u in ids],
+            label=np.where(labels == 1, "bonafide", "spoof"), dataset="bench",
+            attack=np.where(labels == 1, "-", "A01"), speaker="spk", score=0.0, source="bench",
+        )
+        pd.DataFrame(index).to_csv(emb / "index.csv", index=False)
+        del ids, index
+        task = dict(kind="sample_folders", emb_dir=str(emb), out=str(root / "picked.csv"), threads=threads)
+        e2e = _spawn(task)
+        rows.append(dict(
+            what=f"ncdetect sample end to end, {n:,} x {DIM}",
+            measure="seconds (load + validate index.csv and array, select, write manifest)",
+            value=f"{e2e['seconds']:.2f}", target="-", ok=None,
+        ))
+    return rows
+
+
+def bench_greedy(root: Path, strategy: str, n: int, k: int, threads: int, target_s: float | None) -> dict:
+    npy, lab = root / f"{strategy}.npy", root / f"{strategy}_labels.npy"
+    write_embeddings(npy, n, seed=1)
+    np.save(lab, np.zeros(n, dtype=np.int64))  # one class, so k = rate * n exactly
+    res = _spawn(dict(kind=strategy, strategy=strategy, rate=k / n, npy=str(npy), labels=str(lab),
+                      threads=threads))
+    npy.unlink()
+    assert res["selected"] == k, res
+    return dict(
+        what=f"{strategy}, {n:,} x {DIM} -> {k:,}", measure=f"seconds (torch, {threads} thread(s), CPU)",
+        value=f"{res['seconds']:.1f}", target="-" if target_s is None else f"<= {target_s:g}",
+        ok=None if target_s is None else res["seconds"] <= target_s, throughput=k / res["seconds"],
+    )
+
+
+def run(quick: bool = False, threads: int = 1) -> list[dict]:
+    """Benchmark rows: ``what, measure, value, target, ok`` (plus ``throughput`` for rates)."""
+    scale = 10 if quick else 1
+    root = Path(tempfile.mkdtemp(prefix="ncdetect-bench-sampling-"))
+    try:
+        rows = bench_nc(root, NC_ROWS // scale, threads, end_to_end=True)
+        rows.append(bench_greedy(root, "kcenter", KC_ROWS // scale, KC_CENTRES // scale, threads,
+                                 KC_TARGET_S / scale**2))
+        rows.append(bench_greedy(root, "herding", HERD_ROWS // scale, HERD_PICKS // scale, threads, None))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = ["| what | measure | value | target | ok |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ok = {True: "yes", False: "NO", None: "reported"}[r["ok"]]
+        lines.append(f"| {r['what']} | {r['measure']} | {r['value']} | {r['target']} | {ok} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="sizes / 10 (a smoke test)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the greedy baselines")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    print(format_rows(run(quick=args.quick, threads=args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
