@@ -466,6 +466,12 @@ def main() -> None:
     except NcdetectError as err:
         typer.echo(f"ncdetect: error: {err}", err=True)
         sys.exit(1)
+    except OSError as err:
+        # The library reports the failures it foresees itself; any other one from the operating system
+        # (a disk that filled up, a vanished mount) still gets one line naming the file, not a traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        typer.echo(f"ncdetect: error: {where}{err.strerror or err}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("ncdetect: interrupted", err=True)
         sys.exit(130)
