@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import format_rows, row
+
 DIM = 256
 NC_ROWS, NC_TARGET_S, MEM_TARGET = 1_000_000, 3.0, 2.0
 KC_ROWS, KC_CENTRES, KC_TARGET_S = 100_000, 10_000, 60.0
@@ -141,14 +143,13 @@ def bench_nc(root: Path, n: int, threads: int, end_to_end: bool) -> list[dict]:
     extra = (timed["peak_kb"] - timed["rss_before_kb"]) * 1024 / array_bytes
     size = f"{n:,} x {DIM} float32 memmap ({array_bytes / 1e9:.2f} GB)"
     rows = [
-        dict(what=f"nc sampling, {size}", measure="seconds (rate 0.1, both classes)",
-             value=f"{timed['seconds']:.2f}", target=f"<= {target_s:g}", ok=timed["seconds"] <= target_s,
-             throughput=n / timed["seconds"]),
-        dict(what=f"nc sampling, {size}", measure="peak RSS increase / array size",
-             value=f"{extra:.2f}x" + ("" if timed["peak_reset"] else " (peak not reset)"),
-             target=f"<= {MEM_TARGET:g}x", ok=extra <= MEM_TARGET),
-        dict(what=f"nc sampling, {size}", measure="peak numpy allocations (tracemalloc) / array size",
-             value=f"{traced['traced_peak_bytes'] / array_bytes:.3f}x", target="-", ok=None),
+        row(f"nc sampling, {size}", "seconds (rate 0.1, both classes)", f"{timed['seconds']:.2f}",
+            f"<= {target_s:g}", timed["seconds"] <= target_s, throughput=n / timed["seconds"]),
+        row(f"nc sampling, {size}", "peak RSS increase / array size",
+            f"{extra:.2f}x" + ("" if timed["peak_reset"] else " (peak not reset)"),
+            f"<= {MEM_TARGET:g}x", extra <= MEM_TARGET),
+        row(f"nc sampling, {size}", "peak numpy allocations (tracemalloc) / array size",
+            f"{traced['traced_peak_bytes'] / array_bytes:.3f}x"),
     ]
     if end_to_end:
         import pandas as pd
@@ -166,10 +167,10 @@ def bench_nc(root: Path, n: int, threads: int, end_to_end: bool) -> list[dict]:
         del ids, index
         task = dict(kind="sample_folders", emb_dir=str(emb), out=str(root / "picked.csv"), threads=threads)
         e2e = _spawn(task)
-        rows.append(dict(
-            what=f"ncdetect sample end to end, {n:,} x {DIM}",
-            measure="seconds (load + validate index.csv and array, select, write manifest)",
-            value=f"{e2e['seconds']:.2f}", target="-", ok=None,
+        rows.append(row(
+            f"ncdetect sample end to end, {n:,} x {DIM}",
+            "seconds (load + validate index.csv and array, select, write manifest)",
+            f"{e2e['seconds']:.2f}", throughput=n / e2e["seconds"],
         ))
     return rows
 
@@ -182,15 +183,15 @@ def bench_greedy(root: Path, strategy: str, n: int, k: int, threads: int, target
                       threads=threads))
     npy.unlink()
     assert res["selected"] == k, res
-    return dict(
-        what=f"{strategy}, {n:,} x {DIM} -> {k:,}", measure=f"seconds (torch, {threads} thread(s), CPU)",
-        value=f"{res['seconds']:.1f}", target="-" if target_s is None else f"<= {target_s:g}",
-        ok=None if target_s is None else res["seconds"] <= target_s, throughput=k / res["seconds"],
+    return row(
+        f"{strategy}, {n:,} x {DIM} -> {k:,}", f"seconds (torch, {threads} thread(s), CPU)",
+        f"{res['seconds']:.1f}", "-" if target_s is None else f"<= {target_s:g}",
+        None if target_s is None else res["seconds"] <= target_s, throughput=k / res["seconds"],
     )
 
 
 def run(quick: bool = False, threads: int = 1) -> list[dict]:
-    """Benchmark rows: ``what, measure, value, target, ok`` (plus ``throughput`` for rates)."""
+    """Benchmark rows (see common.row)."""
     scale = 10 if quick else 1
     root = Path(tempfile.mkdtemp(prefix="ncdetect-bench-sampling-"))
     try:
@@ -201,14 +202,6 @@ def run(quick: bool = False, threads: int = 1) -> list[dict]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows
-
-
-def format_rows(rows: list[dict]) -> str:
-    lines = ["| what | measure | value | target | ok |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        ok = {True: "yes", False: "NO", None: "reported"}[r["ok"]]
-        lines.append(f"| {r['what']} | {r['measure']} | {r['value']} | {r['target']} | {ok} |")
-    return "\n".join(lines)
 
 
 def main() -> int:

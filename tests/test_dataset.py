@@ -13,7 +13,6 @@ import torch
 
 from conftest import make_corpus
 from ncdetect.data import audio as audio_mod
-from ncdetect.data import dataset as dataset_mod
 from ncdetect.data.cache import CachedFeatureDataset, FeatureCache
 from ncdetect.data.dataset import (
     AudioDataset,
@@ -106,11 +105,14 @@ def test_train_crops_are_windows_of_the_file_and_reproducible(corpus):
 def test_train_reads_only_the_window(corpus, monkeypatch):
     calls = []
 
-    def spy(path, sample_rate=16_000, offset=0.0, duration=None):
-        calls.append((offset, duration))
-        return audio_mod.load_audio(path, sample_rate, offset, duration)
+    decode = audio_mod._decode
 
-    monkeypatch.setattr(dataset_mod, "load_audio", spy)
+    def spy(f, path, sample_rate, offset, duration):
+        calls.append((offset, duration))
+        return decode(f, path, sample_rate, offset, duration)
+
+    # Every read (load_audio, and load_crop for training windows) decodes through _decode.
+    monkeypatch.setattr(audio_mod, "_decode", spy)
     AudioDataset(corpus, num_samples=N, train=True)[0]
     AudioDataset(corpus, num_samples=N, train=False)[0]
     assert calls[0][1] == pytest.approx(N / 16_000) and calls[0][0] >= 0

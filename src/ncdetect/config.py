@@ -145,6 +145,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: config file not found")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"{path}: cannot be read as UTF-8 text ({err})") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fileio import atomic_path, ensure_writable_dir, write_text
+from .fileio import atomic_path, ensure_writable_dir, open_npy_for_writing, write_text
 
 EMBEDDINGS_FILE = "embeddings.npy"
 INDEX_FILE = "index.csv"
@@ -46,12 +46,9 @@ def embed_manifest(
     With ``skip_bad``, unreadable files are left out (of all three files consistently) and listed in
     ``out_dir/skipped.csv``; without it the first one stops the run, naming the file.
     """
-    from numpy.lib.format import open_memmap
-
     from .data.dataset import AudioDataset, write_skipped
     from .data.manifest import read_manifest
     from .runs import load_run, resolve_device
-    from .score import infer_batches
     from .train import barrier, init_distributed
 
     out_dir = Path(out_dir)
@@ -60,6 +57,10 @@ def embed_manifest(
     df = read_manifest(manifest)
     if env.is_main:
         ensure_writable_dir(out_dir)
+        # The folder's files go together: an interrupted re-embed must not leave new embeddings beside an
+        # old index (same length, wrong rows). Without the old set, a partial folder fails to load.
+        for name in (INDEX_FILE, "embed.json", EMBEDDINGS_FILE, HEAD_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     barrier(env)
 
     # ---- this process's contiguous share, embedded into its shard file
@@ -68,24 +69,13 @@ def embed_manifest(
     dataset = AudioDataset(
         df, num_samples=run.num_samples, train=False, trim_silence=run.config.data.trim_silence
     )
-    shard_npy, shard_npz, shard_json = _shard_paths(out_dir, env.rank)
-    emb = open_memmap(shard_npy, mode="w+", dtype=np.float32, shape=(hi - lo, dim))
-    kept = np.zeros(hi - lo, dtype=bool)
-    scores = np.zeros(hi - lo, dtype=np.float64)
-    skipped: list[tuple[int, str]] = []
-    for idx, logits, vectors in infer_batches(
-        run.frontend, run.model, dataset, range(lo, hi), batch_size=batch_size, device=run.device,
-        skip_bad=skip_bad, skipped=skipped, num_workers=num_workers, progress=progress and env.is_main,
-        desc="embedding",
-    ):
-        emb[idx - lo] = vectors
-        kept[idx - lo] = True
-        scores[idx - lo] = logits[:, 1] - logits[:, 0]
-    emb.flush()
-    del emb
-    with open(shard_npz, "wb") as f:
-        np.savez(f, kept=kept, scores=scores)
-    shard_json.write_text(json.dumps(skipped), encoding="utf-8")
+    try:
+        _embed_shard(run, dataset, lo, hi, env.rank, out_dir, batch_size, skip_bad, num_workers,
+                     progress and env.is_main)
+    except BaseException:
+        for p in _shard_paths(out_dir, env.rank):  # no stray shard files after a failure
+            p.unlink(missing_ok=True)
+        raise
     barrier(env)
 
     # ---- process 0 merges the shards in order
@@ -99,7 +89,7 @@ def embed_manifest(
             all_skipped += [tuple(x) for x in json.loads(js.read_text(encoding="utf-8"))]
         total = int(sum(int(m.sum()) for m in masks))
         with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp:
-            merged = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+            merged = open_npy_for_writing(tmp, np.float32, (total, dim), name=out_dir / EMBEDDINGS_FILE)
             row = 0
             for rank, mask in enumerate(masks):
                 shard = np.load(_shard_paths(out_dir, rank)[0], mmap_mode="r")
@@ -134,6 +124,32 @@ def embed_manifest(
                 p.unlink(missing_ok=True)
     barrier(env)
     return out_dir
+
+
+def _embed_shard(run, dataset, lo: int, hi: int, rank: int, out_dir: Path, batch_size: int, skip_bad: bool,
+                 num_workers: int, progress: bool) -> None:
+    """Embed rows ``lo:hi`` into process ``rank``'s shard files: the vectors, the kept mask and scores,
+    and the skipped files."""
+    from .score import infer_batches
+
+    shard_npy, shard_npz, shard_json = _shard_paths(out_dir, rank)
+    dim = run.model.embedding_dim
+    emb = open_npy_for_writing(shard_npy, np.float32, (hi - lo, dim), name=out_dir / EMBEDDINGS_FILE)
+    kept = np.zeros(hi - lo, dtype=bool)
+    scores = np.zeros(hi - lo, dtype=np.float64)
+    skipped: list[tuple[int, str]] = []
+    for idx, logits, vectors in infer_batches(
+        run.frontend, run.model, dataset, range(lo, hi), batch_size=batch_size, device=run.device,
+        skip_bad=skip_bad, skipped=skipped, num_workers=num_workers, progress=progress, desc="embedding",
+    ):
+        emb[idx - lo] = vectors
+        kept[idx - lo] = True
+        scores[idx - lo] = logits[:, 1] - logits[:, 0]
+    emb.flush()
+    del emb
+    with atomic_path(shard_npz) as tmp, open(tmp, "wb") as f:  # a path would get ".npz" appended
+        np.savez(f, kept=kept, scores=scores)
+    write_text(shard_json, json.dumps(skipped))
 
 
 def read_index(out_dir: str | Path) -> pd.DataFrame:

@@ -379,7 +379,11 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     for lineno, row in enumerate(reader, start=2):
         if row and len(row) != len(header):
             raise ProtocolError(path, lineno, f"expected {len(header)} fields, got {len(row)}")
-    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
+    except (ValueError, pd.errors.ParserError) as err:  # e.g. an unclosed quote
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ProtocolError(path, None, f"cannot read scores ({reason})") from None
     return validate_scores(df, path)
 
 

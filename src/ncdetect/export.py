@@ -60,6 +60,8 @@ def export_onnx(run_dir: str | Path, out: str | Path, opset: int = OPSET) -> Pat
                 opset_version=opset,
                 do_constant_folding=True,
             )
+        except OSError:
+            raise  # a failed write (full disk, permissions): atomic_path reports it, naming the .onnx file
         except Exception as err:  # the exporter raises many types; the user needs one line
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise NcdetectError(f"{run_dir}: ONNX export failed ({type(err).__name__}: {first})") from None

@@ -120,7 +120,10 @@ def load_recipe(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: recipe not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({err})") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

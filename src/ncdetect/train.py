@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from .config import RawBoostConfig, SpecAugmentConfig, TrainConfig
 from .errors import ConfigError, NcdetectError
-from .fileio import ensure_writable_dir, write_json, write_text, write_yaml
+from .fileio import ensure_writable_dir, reporting_write_errors, write_json, write_text, write_yaml
 
 CHECKPOINT_DIR = "checkpoint"
 RUN_ARTIFACTS = (
@@ -342,17 +342,21 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[
     from safetensors.torch import save_file
 
     root = run_dir / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{meta['epoch']:04d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-    for f in (tmp / "state.safetensors", tmp / "state.json"):
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        with reporting_write_errors(root / name):  # e.g. a full disk: one line naming the checkpoint
+            tmp.mkdir(parents=True)
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+            for f in (tmp / "state.safetensors", tmp / "state.json"):
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -397,8 +401,12 @@ class RunLog:
 
     def __call__(self, msg: str) -> None:
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            except OSError as err:
+                reason = err.strerror or err
+                raise NcdetectError(f"{self.path}: cannot append to the log ({reason})") from None
         if self.echo:
             tqdm.write(f"[train] {msg}", file=sys.stderr)
 

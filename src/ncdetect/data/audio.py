@@ -66,19 +66,42 @@ def load_audio(
     all zeros. A window of zeros inside a longer file is valid audio.
     """
     with _open(path) as f:
-        sr_in = f.samplerate
-        total = f.frames
-        if sr_in <= 0:
-            raise AudioError(path, f"invalid sample rate {sr_in}")
-        start = min(max(0, round(offset * sr_in)), max(total, 0))
-        want = None if duration is None else math.ceil(duration * sr_in) + 1
-        try:
-            f.seek(start)
-            mono = _read_mono(f, want)
-        except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-            raise AudioError(path, f"corrupt or truncated audio ({_short(err)})") from None
-        except MemoryError:
-            raise AudioError(path, "too long to decode in memory; read it in windows") from None
+        return _decode(f, path, sample_rate, offset, duration)
+
+
+def load_crop(
+    path: str | Path, num_samples: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """A random window of ``num_samples`` at ``sample_rate``, or the whole clip when it is not longer.
+
+    The same draw and the same samples as ``audio_duration`` followed by ``load_audio(offset, duration)``,
+    with one open of the file instead of two (a training epoch opens every file once).
+    """
+    with _open(path) as f:
+        total = int(f.frames / f.samplerate * sample_rate) if f.samplerate else 0
+        if total > num_samples:
+            start = int(rng.integers(0, total - num_samples + 1))
+            return _decode(f, path, sample_rate, start / sample_rate, num_samples / sample_rate)
+        return _decode(f, path, sample_rate, 0.0, None)
+
+
+def _decode(
+    f: sf.SoundFile, path: str | Path, sample_rate: int, offset: float, duration: float | None
+) -> np.ndarray:
+    """The body of :func:`load_audio` on an open file."""
+    sr_in = f.samplerate
+    total = f.frames
+    if sr_in <= 0:
+        raise AudioError(path, f"invalid sample rate {sr_in}")
+    start = min(max(0, round(offset * sr_in)), max(total, 0))
+    want = None if duration is None else math.ceil(duration * sr_in) + 1
+    try:
+        f.seek(start)
+        mono = _read_mono(f, want)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise AudioError(path, f"corrupt or truncated audio ({_short(err)})") from None
+    except MemoryError:
+        raise AudioError(path, "too long to decode in memory; read it in windows") from None
     if mono.size == 0:
         raise AudioError(path, "no audio samples (length 0)")
     if not np.isfinite(mono).all():
@@ -107,10 +130,11 @@ def _read_mono(f: sf.SoundFile, want: int | None) -> np.ndarray:
     remaining = want
     while remaining is None or remaining > 0:
         n = _BLOCK_FRAMES if remaining is None else min(_BLOCK_FRAMES, remaining)
-        data = f.read(frames=n, dtype="float32", always_2d=True)
+        # Mono is read as 1-D: no copy out of a (n, 1) array for the common case.
+        data = f.read(frames=n, dtype="float32", always_2d=f.channels > 1)
         if len(data) == 0:
             break
-        blocks.append(data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].copy())
+        blocks.append(data.mean(axis=1, dtype=np.float32) if data.ndim > 1 else data)
         if remaining is not None:
             remaining -= len(data)
         if len(data) < n:

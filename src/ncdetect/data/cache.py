@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import NcdetectError
-from ..fileio import ensure_writable_dir, write_json
+from ..fileio import ensure_writable_dir, open_npy_for_writing, reporting_write_errors, write_json
 from .audio import SAMPLE_RATE, WINDOW_SAMPLES
 from .dataset import AudioDataset, _EpochMixin, item_rng, make_loader
 
@@ -144,25 +144,27 @@ class FeatureCache:
             return self
         ensure_writable_dir(self.root)
         self._remove_dead_builds()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.{socket.gethostname()}.{os.getpid()}.",
-                                    suffix=".tmp", dir=self.root))
-        try:
-            self._build_into(tmp, batch_size, num_workers, torch.device(device), progress)
+        # A failed write (a full disk) is one line naming the cache, and the partial build is removed.
+        with reporting_write_errors(self.path):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.{socket.gethostname()}.{os.getpid()}.",
+                                        suffix=".tmp", dir=self.root))
             try:
-                os.rename(tmp, self.path)
-            except OSError:
-                # Another process finished the same cache first; its result is the same.
-                if not self.complete:
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                self._build_into(tmp, batch_size, num_workers, torch.device(device), progress)
+                try:
+                    os.rename(tmp, self.path)
+                except OSError:
+                    # Another process finished the same cache first; its result is the same.
+                    if not self.complete:
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return self
 
     def _build_into(self, tmp: Path, batch_size: int, num_workers: int, device: torch.device,
                     progress: bool) -> None:
         n = len(self.manifest)
         shape = (n, self.n_features, self.cache_frames)
-        feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=self.dtype, shape=shape)
+        feats = open_npy_for_writing(tmp / "features.npy", self.dtype, shape, name=self.path / "features.npy")
         valid = np.zeros(n, dtype=np.int64)
         errors = [""] * n
         ds = AudioDataset(self.manifest, num_samples=self.window_samples, train=False,

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import AudioError, NcdetectError
 from ..fileio import atomic_path
-from .audio import SAMPLE_RATE, WINDOW_SAMPLES, audio_duration, load_audio, tile_pad
+from .audio import SAMPLE_RATE, WINDOW_SAMPLES, load_audio, load_crop, tile_pad
 from .audio import random_crop as _random_crop
 from .audio import trim_silence as _trim_silence
 from .manifest import label_ids
@@ -136,12 +136,7 @@ class AudioDataset(_EpochMixin, Dataset):
                 x_win = tile_pad(x, n)
             return np.ascontiguousarray(x_win), min(len(x), n)
         if self.train:
-            total = int(audio_duration(path) * sr)
-            if total > n:
-                start = int(item_rng(self.seed, self.epoch, index).integers(0, total - n + 1))
-                x = load_audio(path, sr, offset=start / sr, duration=n / sr)
-            else:
-                x = load_audio(path, sr)
+            x = load_crop(path, n, item_rng(self.seed, self.epoch, index), sr)
         else:
             x = load_audio(path, sr, duration=n / sr)
         # A header can promise more than the data holds; tile what was there.

@@ -19,6 +19,7 @@ centred in ``n_fft``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -99,7 +100,39 @@ def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
     return basis.astype(np.float32)
 
 
+def band_blocks(filters: np.ndarray, n_blocks: int = 4) -> list[tuple[int, int, int, int]]:
+    """Split a filterbank's rows into ``n_blocks`` runs, each with the frequency bins it touches:
+    ``(row_start, row_stop, bin_start, bin_stop)``.
+
+    Each filter covers a few neighbouring bins (80 mel filters hold 500 non-zero weights of 20,560),
+    so a product with only each block's band of bins does a quarter of the multiply-adds of the
+    dense product, with the same sums (the skipped weights are zeros).
+    """
+    rows = np.linspace(0, filters.shape[0], n_blocks + 1).round().astype(int)
+    blocks = []
+    for a, b in itertools.pairwise(rows):
+        if a == b:
+            continue
+        cols = np.flatnonzero((filters[a:b] != 0).any(axis=0))
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
+        blocks.append((int(a), int(b), lo, hi))
+    return blocks
+
+
+def apply_bank(
+    filters: torch.Tensor, blocks: list[tuple[int, int, int, int]], power: torch.Tensor
+) -> torch.Tensor:
+    """``filters @ power`` for ``power: (B, n_freq, frames)``, block by block (see :func:`band_blocks`)."""
+    if len(blocks) == 1:
+        return torch.matmul(filters, power)
+    return torch.cat([torch.matmul(filters[a:b, lo:hi], power[:, lo:hi]) for a, b, lo, hi in blocks], dim=1)
+
+
 # ------------------------------------------------------------------------------------ base and STFT
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 class Frontend(nn.Module):
     """Common interface; subclasses set ``name`` and ``n_features`` and implement ``_features``."""
 
@@ -128,9 +161,34 @@ class Frontend(nn.Module):
         # Features are computed in float32 even inside an autocast region: log-power in float16 loses
         # the quiet bands and the DFT sums lose precision.
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            return self._features(wave.float()).unsqueeze(1)
+            wave = wave.float()
+            step = self._cpu_chunk(wave)
+            if not step:
+                return self._features(wave).unsqueeze(1)
+            # The chunks share their scratch arrays (padded waves, frames): no page faults and no
+            # zero-fills after the first chunk. Not under autograd, which refuses out= arguments.
+            workspace = None if wave.requires_grad else {}
+            first = self._features(wave[:step], workspace)
+            out = first.new_empty((wave.shape[0], *first.shape[1:]))
+            out[:step] = first
+            for i in range(step, wave.shape[0], step):
+                out[i : i + step] = self._features(wave[i : i + step], workspace)
+            return out.unsqueeze(1)
 
-    def _features(self, wave: torch.Tensor) -> torch.Tensor:
+    # Clips per chunk on a CPU: about this many STFT frames. A whole batch of 4 s clips makes frame and
+    # spectrum arrays of ~50 MB that stream through main memory several times; chunks of ~2k frames
+    # (3-4 MB) stay in the core's L2 cache, which makes the log-mel 1.5-2x faster on one thread.
+    # GPUs want the whole batch at once, and export must not bake a batch split into the graph.
+    cpu_chunk_frames: int | None = None
+
+    def _cpu_chunk(self, wave: torch.Tensor) -> int:
+        if self.cpu_chunk_frames is None or wave.device.type != "cpu" or _tracing():
+            return 0
+        step = max(1, self.cpu_chunk_frames // max(1, self.num_frames(wave.shape[-1])))
+        return step if wave.shape[0] > step else 0
+
+    def _features(self, wave: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
+        """``(B, T) -> (B, F, frames)``; ``workspace`` (a dict) lets successive calls reuse scratch arrays."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -164,9 +222,22 @@ class _PowerSpectrum(nn.Module):
         return 1 + num_samples // self.hop_length
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.filtered(wave)
+
+    def filtered(
+        self, wave: torch.Tensor, bank: FilterBank | None = None, workspace: dict | None = None
+    ) -> torch.Tensor:
+        """The power spectrum ``(B, n_freq, frames)``, or ``bank`` applied to it: ``(B, n_filters, frames)``.
+
+        ``workspace``: a dict in which calls on equally long waves keep and reuse their scratch arrays.
+        """
         pad = self.n_fft // 2
         if self.pad_mode == "reflect":
             padded = F.pad(wave.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        elif workspace is not None:
+            # The margins of the kept buffer stay zero: only the middle is ever written.
+            padded = _scratch(workspace, "padded", (wave.shape[0], wave.shape[1] + 2 * pad), wave, zero=True)
+            padded[:, pad : pad + wave.shape[1]] = wave
         else:
             padded = F.pad(wave, (pad, pad))
         if self.use_conv or torch.onnx.is_in_onnx_export():
@@ -175,12 +246,55 @@ class _PowerSpectrum(nn.Module):
             x = padded[:, self.win_offset : self.win_offset + length].unsqueeze(1)
             spec = F.conv1d(x, self.dft_kernel, stride=self.hop_length)
             real, imag = spec[:, : self.n_freq], spec[:, self.n_freq :]
-            return real * real + imag * imag
-        frames = padded.unfold(-1, self.n_fft, self.hop_length) * self.window
+            power = real * real + imag * imag
+            return power if bank is None else bank(power)
+        framed = padded.unfold(-1, self.n_fft, self.hop_length)
+        if workspace is not None:
+            frames = torch.mul(framed, self.window, out=_scratch(workspace, "frames", framed.shape, wave))
+        else:
+            frames = framed * self.window
         spec = torch.fft.rfft(frames, dim=-1)
-        # addcmul saves one temporary over re**2 + im**2 (the largest array of the whole front-end).
-        power = torch.addcmul(spec.real.square(), spec.imag, spec.imag)
-        return power.transpose(1, 2)
+        if bank is None:
+            # addcmul saves one temporary over re**2 + im**2 (the largest array of the whole front-end).
+            return torch.addcmul(spec.real.square(), spec.imag, spec.imag).transpose(1, 2)
+        # Square real and imaginary parts in place, as they lie (interleaved), and let the filterbank,
+        # whose weights are interleaved the same way, add them: one contiguous pass over the spectrum
+        # instead of the strided passes of re**2 + im**2.
+        squares = torch.view_as_real(spec).square_().flatten(-2).transpose(1, 2)
+        return bank(squares, interleaved=True)
+
+
+def _scratch(
+    workspace: dict, name: str, shape: tuple[int, ...], like: torch.Tensor, zero: bool = False
+) -> torch.Tensor:
+    """A kept array of ``shape`` (or the leading rows of a kept one with more rows)."""
+    buf = workspace.get(name)
+    shape = tuple(shape)
+    if (buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:] or buf.device != like.device
+            or buf.dtype != like.dtype):
+        buf = like.new_zeros(shape) if zero else like.new_empty(shape)
+        workspace[name] = buf
+    return buf[: shape[0]]
+
+
+class FilterBank(nn.Module):
+    """``filters @ power`` for ``power: (B, n_freq, frames)``, computed band by band (:func:`band_blocks`).
+
+    ``interleaved=True`` takes ``(B, 2 * n_freq, frames)`` holding re**2 and im**2 of each bin in turn.
+    """
+
+    def __init__(self, filters: np.ndarray) -> None:
+        super().__init__()
+        pairs = np.repeat(filters, 2, axis=1)
+        self.register_buffer("weights", torch.from_numpy(filters), persistent=False)
+        self.register_buffer("pair_weights", torch.from_numpy(pairs), persistent=False)
+        self.blocks = band_blocks(filters)
+        self.pair_blocks = band_blocks(pairs)
+
+    def forward(self, power: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+        if interleaved:
+            return apply_bank(self.pair_weights, self.pair_blocks, power)
+        return apply_bank(self.weights, self.blocks, power)
 
 
 # ------------------------------------------------------------------------------------------ front-ends
@@ -192,6 +306,7 @@ class LogMel(Frontend):
     """
 
     name = "logmel"
+    cpu_chunk_frames = 2048
 
     def __init__(
         self,
@@ -215,12 +330,13 @@ class LogMel(Frontend):
         self.spectrum = _PowerSpectrum(n_fft, win_length, hop_length, pad_mode)
         fb = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
         self.register_buffer("filters", torch.from_numpy(fb), persistent=False)
+        self.bank = FilterBank(fb)
 
     def num_frames(self, num_samples: int) -> int:
         return self.spectrum.num_frames(num_samples)
 
-    def _features(self, wave: torch.Tensor) -> torch.Tensor:
-        mel = torch.matmul(self.filters, self.spectrum(wave))
+    def _features(self, wave: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
+        mel = self.spectrum.filtered(wave, self.bank, workspace)
         return torch.log(torch.clamp(mel, min=self.log_floor))
 
 
@@ -234,6 +350,7 @@ class LFCC(Frontend):
     """
 
     name = "lfcc"
+    cpu_chunk_frames = 2048
 
     def __init__(
         self,
@@ -264,6 +381,7 @@ class LFCC(Frontend):
         self.spectrum = _PowerSpectrum(n_fft, win_length, hop_length, pad_mode)
         fb = linear_filterbank(sample_rate, n_fft, n_filters, f_min, f_max)
         self.register_buffer("filters", torch.from_numpy(fb), persistent=False)
+        self.bank = FilterBank(fb)
         self.register_buffer("dct", torch.from_numpy(dct_matrix(n_filters, n_lfcc)), persistent=False)
         n = torch.arange(-delta_width, delta_width + 1, dtype=torch.float32)
         # conv1d correlates, so kernel[n] multiplies c[t + n]: exactly the regression formula.
@@ -278,8 +396,8 @@ class LFCC(Frontend):
         padded = F.pad(c, (self.delta_width, self.delta_width), mode="replicate")
         return F.conv1d(padded, self.delta_kernel, groups=self.n_lfcc)
 
-    def _features(self, wave: torch.Tensor) -> torch.Tensor:
-        energies = torch.matmul(self.filters, self.spectrum(wave))
+    def _features(self, wave: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
+        energies = self.spectrum.filtered(wave, self.bank, workspace)
         cep = torch.matmul(self.dct, torch.log(torch.clamp(energies, min=self.log_floor)))
         if not self.with_deltas:
             return cep
@@ -303,7 +421,7 @@ class RawFrames(Frontend):
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.frame
 
-    def _features(self, wave: torch.Tensor) -> torch.Tensor:
+    def _features(self, wave: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
         n = wave.shape[-1] // self.frame
         return wave[:, : n * self.frame].reshape(wave.shape[0], n, self.frame).transpose(1, 2)
 
