@@ -19,7 +19,9 @@ torch.set_num_threads(1)
 SR = 16_000
 
 
-def synth_utterance(rng: np.random.Generator, label: str, attack: str = "-", seconds: float = 1.0) -> np.ndarray:
+def synth_utterance(
+    rng: np.random.Generator, label: str, attack: str = "-", seconds: float = 1.0
+) -> np.ndarray:
     n = int(seconds * SR)
     t = np.arange(n) / SR
     f0 = rng.uniform(100, 220)

@@ -62,7 +62,8 @@ def test_unset_variable_names_the_line(tmp_path, monkeypatch):
     [
         (("seeds: [0, 1]", "seeds: [0, 1]\nbogus: 1"), "bogus"),
         (("rates: [0.5, 0.1, 0.1]", "rates: [0, 0.5]"), "rates must be in"),
-        (("    data: {corpus: in-the-wild, root: rel/itw}", "    data: {corpus: in-the-wild}"), "needs a 'root'"),
+        (("    data: {corpus: in-the-wild, root: rel/itw}", "    data: {corpus: in-the-wild}"),
+         "needs a 'root'"),
         (("  - name: tgt", "  - name: a"), "unique"),
     ],
 )
