@@ -40,7 +40,7 @@ def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1)) -> Path:
             {"name": "src_b", "train": str(src_b), "set": {**TINY, "model.name": "lcnn"}},
         ],
         "targets": [{"name": "tgt", "data": str(target)}],
-        "sampling": {"rates": list(rates), "strategies": ["nc", "random"]},
+        "sampling": {"rates": list(rates), "strategies": ["nc", "random"], "fake_mode": "attack"},
         "compact": {"set": {**TINY, "model.name": "tiny_resnet"}},
         "seeds": list(seeds),
         "report": {"bootstrap": 20},
@@ -105,3 +105,29 @@ def test_failing_stage_names_itself_and_keeps_earlier_output(tmp_path):
     assert len(list(out.glob("sources/*/DONE"))) == 2
     assert len(list(out.glob("embeddings/*/DONE"))) == 2
     assert list(out.glob("samples/nc-r0.5-s0-*/manifest.csv"))
+
+
+def test_demo_hands_the_recipe_absolute_manifest_paths(tmp_path, monkeypatch):
+    """`make demo` runs with a relative --out; the corpus manifests must not resolve against the recipe."""
+    import ncdetect.data.demo_corpus as demo_corpus
+    import ncdetect.pipeline as pipeline
+
+    keys = ["demo_tts_en_train", "demo_tts_en_dev", "demo_voc_es_train", "demo_voc_es_dev", "demo_target"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_corpus, "build_demo_corpus",
+                        lambda out, quick=False: {k: Path(out) / f"{k}.csv" for k in keys})
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_recipe", lambda recipe, out, log: seen.setdefault("recipe", recipe))
+    pipeline.run_demo("demo_out", quick=True, log=lambda m: None)
+    recipe = seen["recipe"]
+    assert recipe.sources[0].train.manifest == tmp_path / "demo_out/corpus/demo_tts_en_train.csv"
+    assert recipe.targets[0].data.manifest == tmp_path / "demo_out/corpus/demo_target.csv"
+
+
+def test_sampling_plan_draws_seed_free_selections_once(tmp_path):
+    from ncdetect.pipeline import _sampling_plan
+
+    recipe = load_recipe(write_recipe(tmp_path / "data", rates=(0.5,), seeds=(0, 1)))
+    assert _sampling_plan(recipe) == [("nc", 0.5, 0), ("random", 0.5, 0), ("random", 0.5, 1)]
+    recipe.sampling.fake_mode = "kmeans"  # clustering makes nc depend on the seed
+    assert _sampling_plan(recipe) == [("nc", 0.5, 0), ("nc", 0.5, 1), ("random", 0.5, 0), ("random", 0.5, 1)]

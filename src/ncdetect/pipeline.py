@@ -41,6 +41,11 @@ FULL = "full"
 SEED_FREE = {"nc", "farthest", "herding", FULL}
 
 
+def _seed_free(strategy: str, recipe: Recipe) -> bool:
+    # k-means clustering of the spoof class makes nc depend on the seed.
+    return strategy in SEED_FREE and not (strategy == "nc" and recipe.sampling.fake_mode == "kmeans")
+
+
 @dataclass
 class Stage:
     """A cached unit of work: ``dir`` holds its outputs, ``DONE`` says they are complete."""
@@ -243,8 +248,7 @@ def _sampling_plan(recipe: Recipe) -> list[tuple[str, float, int]]:
     """(strategy, rate, seed) triples; selections that ignore the seed are drawn once, under the first."""
     plan = []
     for strategy in recipe.sampling.strategies:
-        seed_free = strategy in SEED_FREE and recipe.sampling.fake_mode != "kmeans"
-        seeds = recipe.seeds[:1] if seed_free else recipe.seeds
+        seeds = recipe.seeds[:1] if _seed_free(strategy, recipe) else recipe.seeds
         plan += [(strategy, rate, seed) for rate in recipe.sampling.rates for seed in seeds]
     return plan
 
@@ -266,7 +270,9 @@ def stage_sample(exp: Experiment) -> None:
         def sample(stage: Stage = stage, out: Path = out, strategy: str = strategy, rate: float = rate,
                    seed: int = seed) -> None:
             if not stage.done:
-                sample_folders(folders, strategy=strategy, rate=rate, fake_mode=sp.fake_mode,
+                # The fake-class variants are variants of nc; the baselines take the whole spoof class.
+                fake_mode = sp.fake_mode if strategy == "nc" else "class"
+                sample_folders(folders, strategy=strategy, rate=rate, fake_mode=fake_mode,
                                metric=sp.metric, seed=seed, out=out)
                 stage.finish()
 
@@ -282,8 +288,7 @@ def stage_sample(exp: Experiment) -> None:
                            for s in exp.recipe.sources])
         write_manifest(union.drop_duplicates(["dataset", "utt_id"]).reset_index(drop=True), out)
         stage.finish()
-    for seed in exp.recipe.seeds:
-        exp.samples[(FULL, 1.0, seed)] = out
+    exp.samples[(FULL, 1.0, exp.recipe.seeds[0])] = out  # seed-free, like nc: shared by every seed
 
 
 # --- 6. compact models ---------------------------------------------------------------------------
@@ -294,7 +299,7 @@ def stage_compact(exp: Experiment) -> None:
     for seed in exp.recipe.seeds:
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
-            if sample_seed != seed and not (strategy in SEED_FREE and sample_seed == exp.recipe.seeds[0]):
+            if sample_seed != seed and not _seed_free(strategy, exp.recipe):
                 continue
             name = f"{strategy}-r{_rate_label(rate)}-s{seed}"
 
@@ -523,7 +528,8 @@ def run_demo(out: str | Path, quick: bool = False, corpus: str | Path | None = N
     started = time.perf_counter()
     manifests = build_demo_corpus(corpus, quick=quick)
     log(f"[demo-corpus] {corpus}: {time.perf_counter() - started:.1f} s")
-    variables = {name.upper(): str(path) for name, path in manifests.items()}
+    # Absolute: relative paths in a recipe resolve against the recipe's folder, not the working directory.
+    variables = {name.upper(): str(Path(path).resolve()) for name, path in manifests.items()}
     recipe = load_recipe(demo_recipe_path(), variables, profile="quick" if quick else None)
     run_recipe(recipe, out, log=log)
     return out / "report.html"
