@@ -184,8 +184,8 @@ def render_markdown(blocks: list[Block], base: Path) -> str:
             out.append("|" + "|".join(" --- " for _ in b.header) + "|")
             out += ["| " + " | ".join(r) + " |" for r in b.rows]
         elif isinstance(b, Figure):
-            rel = Path(b.path).resolve().relative_to(base.resolve()) if Path(b.path).is_absolute() else b.path
-            out.append(f"![{b.caption}]({rel})")
+            # Relative to the report, whatever the working directory was.
+            out.append(f"![{b.caption}]({Path(b.path).resolve().relative_to(base.resolve())})")
         else:
             out.append(b)
         out.append("")
