@@ -79,3 +79,17 @@ def toy_manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_dev_manifest(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("toy_dev"), n_bonafide=8, n_spoof=16, seed=1, dataset="toydev")
+
+
+TIMING_FIELDS = {"created", "train_seconds"}  # the only fields of results.json allowed to differ between runs
+
+
+def comparable_results(value, out: Path):
+    """``results.json`` without its timing fields and with the output folder replaced, for comparing runs."""
+    if isinstance(value, dict):
+        return {k: comparable_results(v, out) for k, v in value.items() if k not in TIMING_FIELDS}
+    if isinstance(value, list):
+        return [comparable_results(v, out) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(out), "<OUT>")
+    return value

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import comparable_results
+
 pytestmark = [pytest.mark.slow, pytest.mark.demo, pytest.mark.timeout(3600)]
 
-TIMING = {"created", "train_seconds"}  # the only fields allowed to differ between two runs
 
 
 def _missing() -> str | None:
@@ -153,17 +154,7 @@ def test_report_main_table_shows_the_numbers_of_results_json(first, results, fmt
         assert f"at {head['nc_wins']} of {head['rates_compared']} rates" in text
 
 
-def _normalised(value, out: Path):
-    if isinstance(value, dict):
-        return {k: _normalised(v, out) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [_normalised(v, out) for v in value]
-    if isinstance(value, str):
-        return value.replace(str(out), "<OUT>")
-    return value
-
-
 def test_a_second_run_gives_the_same_results(first, results, corpus):
     second = _run_demo(corpus.parent / "second", corpus)
     again = json.loads((second / "results.json").read_text(encoding="utf-8"))
-    assert _normalised(again, second) == _normalised(results, first)
+    assert comparable_results(again, second) == comparable_results(results, first)

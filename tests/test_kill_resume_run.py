@@ -19,11 +19,11 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from conftest import comparable_results
 from test_pipeline import write_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-TIMING = {"created", "train_seconds"}  # the only fields of results.json allowed to differ
 
 
 def _slower(recipe: Path) -> Path:
@@ -85,16 +85,6 @@ def _no_partial_files(out: Path) -> None:
             np.load(path, mmap_mode="r")
 
 
-def _normalised(value, out: Path):
-    if isinstance(value, dict):
-        return {k: _normalised(v, out) for k, v in value.items() if k not in TIMING}
-    if isinstance(value, list):
-        return [_normalised(v, out) for v in value]
-    if isinstance(value, str):
-        return value.replace(str(out), "<OUT>")
-    return value
-
-
 def _files(out: Path, pattern: str) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob(pattern))}
 
@@ -120,7 +110,7 @@ def test_run_killed_mid_stage_resumes_to_the_same_results(tmp_path):
 
     a = json.loads((whole / "results.json").read_text())
     b = json.loads((broken / "results.json").read_text())
-    assert _normalised(a, whole) == _normalised(b, broken)
+    assert comparable_results(a, whole) == comparable_results(b, broken)
     assert [r["eer"] for r in a["runs"]] == [r["eer"] for r in b["runs"]]
     # The same stages, the same weights and scores, byte for byte.
     for pattern in ("*/*/DONE", "**/model.safetensors", "scores/*/scores.csv", "samples/*/manifest.csv",

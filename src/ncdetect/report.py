@@ -38,6 +38,7 @@ def plot_eer_vs_rate(results: dict, target: str, out_png: str | Path) -> None:
         if full[std_key] > 0:
             ax.axhspan(full[mean_key] - full[std_key], full[mean_key] + full[std_key], color="k", alpha=0.08)
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's minor labels would overprint the rates
     ax.set_xticks(results["rates"], [f"{r:g}" for r in results["rates"]])
     ax.set_xlabel("sampling rate (fraction of each class kept)")
     ax.set_ylabel(f"EER on {target} (%)")
