@@ -97,6 +97,18 @@ class UtilisationSampler:
         return f"{sum(self.samples) / len(self.samples):.0f}%" if self.samples else "n/a"
 
 
+def _train_step(model: Any, opt: Any, scaler: Any, x: torch.Tensor, y: torch.Tensor,
+                dtype: torch.dtype | None) -> None:
+    """One optimiser step, under autocast when ``dtype`` is given."""
+    ctx = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with ctx:
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def amp_training(device: torch.device, quick: bool) -> list[dict]:
     batch = 16 if quick else 64
     steps = 3 if quick else 20
@@ -111,22 +123,13 @@ def amp_training(device: torch.device, quick: bool) -> list[dict]:
             x = torch.randn(batch, 1, 80, 404, device=device)
             y = torch.arange(batch, device=device) % 2
 
-            def step(model: Any = model, opt: Any = opt, scaler: Any = scaler, mode: str = mode,
-                     x: torch.Tensor = x, y: torch.Tensor = y) -> None:
-                ctx = torch.autocast(device.type, dtype=dtype) if mode == "amp" else contextlib.nullcontext()
-                with ctx:
-                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-
+            step_dtype = dtype if mode == "amp" else None
             for _ in range(3):
-                step()
+                _train_step(model, opt, scaler, x, y, step_dtype)
             _sync(device)
             start = time.perf_counter()
             for _ in range(steps):
-                step()
+                _train_step(model, opt, scaler, x, y, step_dtype)
             _sync(device)
             rates[mode] = batch * steps / (time.perf_counter() - start)
         what = f"train step {name}, batch {batch} x 4 s log-mel, {device.type}"
@@ -151,13 +154,7 @@ def _epoch(loader: Any, ds: Any, epoch: int, fe: LogMel | None, model: Any, opt:
         if fe is not None:
             with torch.no_grad():
                 x = fe(x)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        _train_step(model, opt, scaler, x, y, dtype)
         n += len(y)
     _sync(device)
     return n

@@ -77,6 +77,20 @@ def toy_manifest(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, toy_manifest, toy_dev_manifest) -> Path:
+    """A tiny trained run (2 epochs, width 8) shared read-only by the scoring, embedding, detect and
+    export tests."""
+    from ncdetect.config import load_config
+    from ncdetect.train import train
+
+    settings = ["data.num_samples=16000", "data.batch_size=8", "data.num_workers=0", "model.kwargs.width=8",
+                "model.embedding_dim=32", "optim.epochs=2", "train.threads=1"]
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(load_config(None, settings), toy_manifest, run, dev_manifest=toy_dev_manifest, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
 def toy_dev_manifest(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("toy_dev"), n_bonafide=8, n_spoof=16, seed=1, dataset="toydev")
 

@@ -13,22 +13,10 @@ from typer.testing import CliRunner
 
 from conftest import synth_utterance, write_wav
 from ncdetect.cli import app
-from ncdetect.config import load_config
 from ncdetect.data.audio import load_audio, tile_pad
 from ncdetect.detect import detect, iter_inputs, window_starts
 from ncdetect.errors import NcdetectError
 from ncdetect.runs import load_run
-from ncdetect.train import train
-
-SETTINGS = ["data.num_samples=16000", "data.batch_size=8", "data.num_workers=0", "model.kwargs.width=8",
-            "model.embedding_dim=32", "optim.epochs=1", "train.threads=1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, toy_manifest, toy_dev_manifest) -> Path:
-    run = tmp_path_factory.mktemp("detect") / "run"
-    train(load_config(None, SETTINGS), toy_manifest, run, dev_manifest=toy_dev_manifest, progress=False)
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,6 @@ from ncdetect.embed import embed_manifest
 from ncdetect.errors import ModelFileError, NcdetectError
 from ncdetect.runs import load_run, load_weights, save_weights
 from ncdetect.score import score_manifest
-from ncdetect.train import train
-
-SETTINGS = ["data.num_samples=16000", "data.batch_size=8", "data.num_workers=0", "model.kwargs.width=8",
-            "model.embedding_dim=32", "optim.epochs=2", "train.threads=1"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, toy_manifest, toy_dev_manifest) -> Path:
-    run = tmp_path_factory.mktemp("score_embed") / "run"
-    train(load_config(None, SETTINGS), toy_manifest, run, dev_manifest=toy_dev_manifest, progress=False)
-    return run
 
 
 def _reference(run_dir: Path, manifest: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
