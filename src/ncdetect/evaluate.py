@@ -198,6 +198,110 @@ def bootstrap_eer_ci(
     return float(lo), float(hi)
 
 
+# --- paired comparisons of systems over seeds ------------------------------------------------------
+
+VERDICTS = ("better", "worse", "not separated")
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """EER(a) - EER(b) in percentage points: the mean over seeds on the whole set, its bootstrap interval
+    and the verdict for a against b (lower EER is better; "not separated" when the interval holds 0)."""
+
+    mean: float
+    ci95: tuple[float, float] | None
+    verdict: str
+
+    def as_dict(self, prefix: str) -> dict[str, Any]:
+        return {prefix: self.mean, f"{prefix}_ci95": None if self.ci95 is None else list(self.ci95)}
+
+
+@dataclass(frozen=True)
+class SeedResamples:
+    """One system's EERs (percent) per seed: on the whole set (S,) and on each bootstrap resample (S, R)."""
+
+    full: np.ndarray
+    boot: np.ndarray
+
+
+class PairedBootstrap:
+    """A paired bootstrap over target utterances and seeds, shared by every system scored on one set.
+
+    Every system is resampled with the same draws: replicate r takes the bonafide and the spoof
+    utterances with replacement (each class separately, as :func:`bootstrap_eers` does) and the seeds
+    with replacement. Systems are paired by seed: seed j of one system and seed j of the other are the
+    same training seed, so a difference cancels what the seed does to both. For two systems a, b the
+    replicate's statistic is the mean over the drawn seeds of EER_a(seed, r) - EER_b(seed, r); the
+    interval is the percentile interval of those statistics.
+    """
+
+    def __init__(self, is_bonafide: Any, n_seeds: int, n_bootstrap: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> None:
+        self.is_bonafide = np.asarray(is_bonafide, dtype=bool)
+        if self.is_bonafide.all() or not self.is_bonafide.any():
+            raise NcdetectError("a paired bootstrap needs both bonafide and spoof utterances")
+        if n_bootstrap < 0 or n_seeds < 1:
+            raise ConfigError(f"need n_bootstrap >= 0 and n_seeds >= 1, got {n_bootstrap} and {n_seeds}")
+        self.n_seeds, self.n_bootstrap, self.seed, self.level = n_seeds, n_bootstrap, seed, level
+        rng_seeds = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+        self.seed_draws = rng_seeds.integers(0, n_seeds, size=(n_bootstrap, n_seeds))
+
+    def resample(self, scores: Any) -> SeedResamples:
+        """EERs of a system whose scores are ``(n_seeds, N)``, utterances in the order of ``is_bonafide``."""
+        scores = np.asarray(scores, dtype=np.float64)
+        expected = (self.n_seeds, self.is_bonafide.size)
+        if scores.shape != expected:
+            raise NcdetectError(f"scores of shape {scores.shape}; expected {expected} (seeds x utterances)")
+        full = np.array([compute_eer(row[self.is_bonafide], row[~self.is_bonafide])[0] for row in scores])
+        boot = np.empty((self.n_seeds, self.n_bootstrap))
+        nb = int(self.is_bonafide.sum())
+        ns = self.is_bonafide.size - nb
+        # The same child generators for every system, so every system sees the same resamples.
+        rng_b, rng_s = (np.random.default_rng(c) for c in np.random.SeedSequence(self.seed).spawn(3)[:2])
+        chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // self.is_bonafide.size)
+        for start in range(0, self.n_bootstrap, chunk):
+            reps = min(chunk, self.n_bootstrap - start)
+            idx_b = rng_b.integers(0, nb, size=(reps, nb), dtype=np.int32)
+            idx_s = rng_s.integers(0, ns, size=(reps, ns), dtype=np.int32)
+            for j, row in enumerate(scores):
+                boot[j, start : start + reps] = _eers_from_resamples(
+                    row[self.is_bonafide], row[~self.is_bonafide], idx_b, idx_s)
+        return SeedResamples(full, boot)
+
+    def difference(self, a: SeedResamples, b: SeedResamples) -> PairedDifference:
+        """EER(a) - EER(b), paired by seed."""
+        mean = float(np.mean(a.full - b.full))
+        if self.n_bootstrap == 0:
+            return PairedDifference(mean, None, "not separated")
+        diff = a.boot - b.boot  # (S, R)
+        stats = diff[self.seed_draws.T, np.arange(self.n_bootstrap)].mean(axis=0)
+        alpha = (1 - self.level) / 2 * 100
+        lo, hi = (float(v) for v in np.percentile(stats, [alpha, 100 - alpha]))
+        verdict = "better" if hi < 0 else "worse" if lo > 0 else "not separated"
+        return PairedDifference(mean, (lo, hi), verdict)
+
+
+def paired_eer_difference(is_bonafide: Any, scores_a: Any, scores_b: Any, n_bootstrap: int = 1000,
+                          seed: int = 0, level: float = 0.95) -> PairedDifference:
+    """EER(a) - EER(b) with a paired bootstrap interval; scores are ``(n_seeds, N)``, row j of both from
+    training seed j, columns the same utterances."""
+    scores_a = np.atleast_2d(np.asarray(scores_a, dtype=np.float64))
+    boot = PairedBootstrap(is_bonafide, scores_a.shape[0], n_bootstrap, seed, level)
+    return boot.difference(boot.resample(scores_a), boot.resample(scores_b))
+
+
+def mean_over_log_rate(rates: Any, eers: Any) -> float:
+    """The area under an EER-versus-rate curve over log10(rate), divided by its width: the curve's mean
+    EER with every factor of rate weighted alike (0.05 to 0.1 counts as much as 0.25 to 0.5)."""
+    rates = np.asarray(rates, dtype=np.float64)
+    eers = np.asarray(eers, dtype=np.float64)
+    if rates.size == 1:
+        return float(eers[0])
+    order = np.argsort(rates)
+    x, y = np.log10(rates[order]), eers[order]
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
 # --- t-DCF (ASVspoof 2019) -----------------------------------------------------------------------
 
 
