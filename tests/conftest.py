@@ -6,6 +6,7 @@ spectral artefact. The classes are learnable in a few epochs, which keeps traini
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,50 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(1)
 
 SR = 16_000
+
+# Hypothesis profiles. `make test` (the default, "ci"): the same examples on every run and machine, so the
+# same code always gets the same verdict; no example database is read or written. `make fuzz`
+# (HYPOTHESIS_PROFILE=fuzz): every property with FUZZ_FACTOR times its examples and a fresh random seed;
+# failures are kept in .hypothesis/ (git-ignored) and replayed first on the next fuzz run. A failure that
+# fuzzing finds becomes an explicit @example in the test, so the seeded run checks it from then on.
+FUZZ_FACTOR = 25
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz", derandomize=False, deadline=None, print_blob=True, max_examples=100 * FUZZ_FACTOR,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def property_settings(max_examples: int) -> settings:
+    """Settings of a property test: ``max_examples`` under `make test`, FUZZ_FACTOR times as many under
+    `make fuzz`. No deadline and no too-slow health check: both are wall-clock limits, which a loaded
+    shared machine trips for reasons unrelated to the code."""
+    factor = FUZZ_FACTOR if HYPOTHESIS_PROFILE == "fuzz" else 1
+    return settings(
+        max_examples=max_examples * factor, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after hypothesis' plugin has marked its tests
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HYPOTHESIS_PROFILE != "fuzz":
+        return
+    # The hang guards were sized for the seeded example counts.
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and marker.args and item.get_closest_marker("hypothesis") is not None:
+            item.add_marker(pytest.mark.timeout(marker.args[0] * FUZZ_FACTOR), append=False)
 
 
 def synth_utterance(

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from conftest import property_settings
 from ncdetect.data.audio import audio_duration, load_audio
 from ncdetect.data.dataset import AudioDataset
 from ncdetect.errors import AudioError
@@ -74,7 +75,7 @@ PREFIXES = [b"", b"RIFF", b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC", b"OggS", b"I
 
 
 # ------------------------------------------------------------------------------------------- hypothesis
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@property_settings(60)
 @given(prefix=st.sampled_from(PREFIXES), body=st.binary(min_size=0, max_size=2048),
        suffix=st.sampled_from([".wav", ".flac", ".mp3", ".ogg", ".bin"]))
 def test_random_bytes(tmp_path, prefix, body, suffix):
@@ -84,9 +85,11 @@ def test_random_bytes(tmp_path, prefix, body, suffix):
     _check(path, offset=0.1, duration=0.2)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@property_settings(60)
 @given(which=st.sampled_from(["wav", "flac"]), cut=st.integers(0, 10_000),
        edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8))
+# 46 bytes, byte 26 = 1: the header says 81,536 Hz over 1 sample, which resampling to 16 kHz left empty.
+@example(which="wav", cut=46, edits=[(26, 1)])
 def test_mutated_valid_files(tmp_path, which, cut, edits):
     data = bytearray(VALID_WAV if which == "wav" else VALID_FLAC)
     for pos, value in edits:
@@ -145,6 +148,81 @@ def test_flac_header_declaring_huge_length(tmp_path):
     tracemalloc.stop()
     assert peak < 50e6
     _check_dataset(path)
+
+
+def _wav_with_rate(path: Path, sr: int, samples: np.ndarray) -> Path:
+    """A 16-bit mono WAV whose header declares ``sr``, written by hand: libsndfile refuses to write absurd
+    rates, but files with them exist."""
+    data = (samples * 32767).astype("<i2").tobytes()
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sr, (2 * sr) & 0xFFFFFFFF, 2, 16)
+    path.write_bytes(header + b"data" + struct.pack("<I", len(data)) + data)
+    return path
+
+
+def test_mutated_wav_of_46_bytes_is_an_error(tmp_path):
+    # The file hypothesis found: byte 26 is the third byte of the sample rate (16,000 -> 81,536 Hz).
+    data = bytearray(VALID_WAV[:46])
+    data[26] = 1
+    path = tmp_path / "mutated.wav"
+    path.write_bytes(bytes(data))
+    assert sf.info(str(path)).samplerate == 81_536 and sf.info(str(path)).frames == 1
+    with pytest.raises(AudioError, match="length 0 after resampling") as err:
+        load_audio(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    _check_dataset(path)
+
+
+@pytest.mark.parametrize("sr", [0, 1, 999, 10_000_000, 2**31 - 1])
+def test_absurd_sample_rates(tmp_path, sr):
+    path = _wav_with_rate(tmp_path / f"rate_{sr}.wav", sr, _noise(4000))
+    tracemalloc.start()
+    try:
+        for call in (lambda: load_audio(path), lambda: load_audio(path, offset=0.5, duration=1.0),
+                     lambda: audio_duration(path)):
+            with pytest.raises(AudioError) as err:
+                call()
+            # A 1 Hz header on these 4000 samples would otherwise upsample them to 64 M samples (256 MB).
+            assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+            assert "sample rate" in str(err.value) or "not a readable audio file" in str(err.value), err.value
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6
+    _check_dataset(path)
+
+
+@pytest.mark.parametrize("sr", [1_000, 768_000])
+def test_extreme_but_valid_rates_load(tmp_path, sr):
+    path = _wav_with_rate(tmp_path / f"rate_{sr}.wav", sr, _noise(sr // 10))
+    y = _check(path)
+    assert y is not None and abs(len(y) - SR // 10) <= 1
+
+
+def test_one_sample_above_the_target_rate_is_an_error(tmp_path):
+    # One sample at 48 kHz is a third of a sample at 16 kHz: nothing is left after resampling.
+    path = _wav_with_rate(tmp_path / "one_sample.wav", 48_000, np.array([0.5], np.float32))
+    with pytest.raises(AudioError, match="length 0 after resampling"):
+        load_audio(path)
+    _check_dataset(path)
+
+
+@pytest.mark.parametrize("duration", [0.0, 1e-5, 1 / SR / 3, -1.0])
+def test_window_that_resampling_shrinks_to_nothing(tmp_path, duration):
+    path = tmp_path / "tone_192k.wav"
+    sf.write(str(path), _noise(19_200), 192_000)
+    with pytest.raises(AudioError, match="length 0") as err:
+        load_audio(path, offset=0.05, duration=duration)
+    assert str(err.value).startswith(f"{path}: ")
+    # the smallest window that holds one output sample still loads
+    assert len(load_audio(path, offset=0.05, duration=1 / SR)) == 1
+
+
+def test_window_past_the_end_is_an_error(tmp_path):
+    path = tmp_path / "short.wav"
+    sf.write(str(path), _noise(SR), SR)
+    with pytest.raises(AudioError, match="length 0"):
+        load_audio(path, offset=5.0, duration=1.0)
 
 
 def test_zero_samples(tmp_path):

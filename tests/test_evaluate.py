@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import property_settings
 from ncdetect import evaluate as ev
 from ncdetect.cli import app
 from ncdetect.errors import ConfigError, NcdetectError, ProtocolError
@@ -114,7 +114,7 @@ score_lists = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@property_settings(300)
 @given(bona=score_lists, spoof=score_lists)
 def test_eer_matches_brute_force(bona, spoof):
     eer, thr = compute_eer(bona, spoof)
@@ -126,7 +126,7 @@ def test_eer_matches_brute_force(bona, spoof):
 # --- bootstrap -------------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@property_settings(200)
 @given(bona=score_lists, spoof=score_lists, seed=st.integers(0, 2**16), sizes=st.booleans())
 def test_vectorised_resample_eers_equal_compute_eer(bona, spoof, seed, sizes):
     b, s = np.array(bona), np.array(spoof)
@@ -174,15 +174,14 @@ def test_bootstrap_ci_brackets_eer_and_shrinks_with_data():
     assert lo < 22.66 < hi
 
 
-def test_bootstrap_speed_on_asvspoof_eval_size():
-    # ASVspoof 2019 LA eval size: 7,355 bonafide and 63,882 spoof scores.
+def test_bootstrap_on_asvspoof_eval_size():
+    # ASVspoof 2019 LA eval size: 7,355 bonafide and 63,882 spoof scores (its speed: bench_scoring.py).
     rng = np.random.default_rng(0)
     b, s = rng.normal(2, 1, 7355), rng.normal(0, 1.5, 63882)
-    start = time.perf_counter()
-    eers = bootstrap_eers(b, s, n_bootstrap=300, seed=0)
-    elapsed = time.perf_counter() - start
-    assert eers.shape == (300,) and np.isfinite(eers).all()
-    assert elapsed < 15, f"300 bootstraps on 71k scores took {elapsed:.1f} s"
+    eers = bootstrap_eers(b, s, n_bootstrap=20, seed=0)
+    assert eers.shape == (20,) and np.isfinite(eers).all()
+    # resamples of 71k scores scatter tightly around the full-data EER
+    assert np.abs(eers - compute_eer(b, s)[0]).max() < 1.5
 
 
 def test_bootstrap_rejects_negative_count():

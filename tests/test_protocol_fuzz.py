@@ -14,16 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
+from conftest import property_settings
 from ncdetect.data import corpora
 from ncdetect.data.manifest import COLUMNS
 from ncdetect.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = property_settings(60)
 
 NASTY = [
     "-",

@@ -34,7 +34,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_corpus, synth_utterance, write_wav
+from conftest import make_corpus, property_settings, synth_utterance, write_wav
 from ncdetect.cli import main
 from ncdetect.config import load_config
 from ncdetect.data.manifest import read_manifest
@@ -902,10 +902,10 @@ def test_hostile_audio_in_a_manifest_is_one_line_naming_the_file(
 
 
 # ===================================================================== fuzzing the other parsers
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = property_settings(60)
 TOKENS = ["utt_id", "path", "label", "dataset", "attack", "speaker", "score", "bonafide", "spoof", "-",
           "../../etc/passwd", "", "nan", "inf", "1e999", "\x00", '"', "é", "A01", "0.5", "target",
           "nontarget", "LA_0039"]

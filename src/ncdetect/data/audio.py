@@ -18,6 +18,10 @@ from ..errors import AudioError
 SAMPLE_RATE = 16_000
 WINDOW_SAMPLES = 64_600  # ~4 s, the AASIST convention
 MAX_PEAK = 1_000.0  # float audio beyond this is garbage, not loud speech
+# Header rates outside this range are corrupt headers, not recordings. The floor also bounds what resampling
+# can allocate: a "1 Hz" header on an hour of audio would upsample it 16,000-fold.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
 _BLOCK_FRAMES = 1 << 18
 
 
@@ -33,11 +37,19 @@ def _open(path: str | Path) -> sf.SoundFile:
             raise AudioError(path, "not a regular file")
         if p.stat().st_size == 0:
             raise AudioError(path, "empty file (0 bytes)")
-        return sf.SoundFile(str(p))
+        f = sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"not a readable audio file ({_short(err)})") from None
     except OSError as err:
         raise AudioError(path, f"cannot be read ({err.strerror or err})") from None
+    if not MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE:
+        f.close()
+        raise AudioError(
+            path,
+            f"sample rate {f.samplerate} Hz in the header is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+            "(corrupt header?)",
+        )
+    return f
 
 
 def _short(err: Exception) -> str:
@@ -49,7 +61,7 @@ def _short(err: Exception) -> str:
 def audio_duration(path: str | Path) -> float:
     """Duration in seconds, from the header alone."""
     with _open(path) as f:
-        return f.frames / f.samplerate if f.samplerate else 0.0
+        return f.frames / f.samplerate
 
 
 def load_audio(
@@ -78,7 +90,7 @@ def load_crop(
     with one open of the file instead of two (a training epoch opens every file once).
     """
     with _open(path) as f:
-        total = int(f.frames / f.samplerate * sample_rate) if f.samplerate else 0
+        total = int(f.frames / f.samplerate * sample_rate)
         if total > num_samples:
             start = int(rng.integers(0, total - num_samples + 1))
             return _decode(f, path, sample_rate, start / sample_rate, num_samples / sample_rate)
@@ -89,10 +101,8 @@ def _decode(
     f: sf.SoundFile, path: str | Path, sample_rate: int, offset: float, duration: float | None
 ) -> np.ndarray:
     """The body of :func:`load_audio` on an open file."""
-    sr_in = f.samplerate
+    sr_in = f.samplerate  # within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]: checked by _open
     total = f.frames
-    if sr_in <= 0:
-        raise AudioError(path, f"invalid sample rate {sr_in}")
     start = min(max(0, round(offset * sr_in)), max(total, 0))
     want = None if duration is None else math.ceil(duration * sr_in) + 1
     try:
@@ -117,6 +127,10 @@ def _decode(
         mono = soxr.resample(mono, sr_in, sample_rate, quality="HQ").astype(np.float32, copy=False)
     if duration is not None:
         mono = mono[: round(duration * sample_rate)]
+    if mono.size == 0:
+        # The samples read were fewer than one at ``sample_rate``: e.g. 1 sample at 81,536 Hz, or a window
+        # shorter than one output sample.
+        raise AudioError(path, f"no audio samples at {sample_rate} Hz (length 0 after resampling)")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
