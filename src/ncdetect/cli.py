@@ -434,14 +434,42 @@ def run_cmd(
     profile: Optional[str] = typer.Option(  # noqa: UP045
         None, "--profile", help="A named set of variable values from the recipe's 'profiles'."
     ),
+    allow_overlap: bool = typer.Option(
+        False, "--allow-overlap",
+        help="Allow a target that shares audio with a source's train or dev set (an in-domain check; "
+        "the report says so in its first lines).",
+    ),
 ) -> None:
     """Run the experiment of a recipe end to end: sources, embeddings, NC metrics, sampling, compact
     models, evaluation and the report."""
     from .pipeline import run_recipe
     from .recipe import load_recipe
 
-    run_recipe(load_recipe(recipe, _parse_vars(var), profile), out, log=lambda m: typer.echo(m, err=True))
+    run_recipe(load_recipe(recipe, _parse_vars(var), profile), out, log=lambda m: typer.echo(m, err=True),
+               allow_overlap=allow_overlap)
     typer.echo(out / "report.html")
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Path = typer.Option(..., "--model", help="Run folder, or an .onnx file from `ncdetect export`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (non-local: set an API key)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port)."),
+    max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest request body; beyond: 413."),
+    api_key: Optional[str] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
+        None, "--api-key", envvar="NCDETECT_API_KEY", help="Require this key in the X-API-Key header on /v1."
+    ),
+    threshold: str = typer.Option("0", "--threshold", help="A number or 'dev-eer', as for `detect`."),
+    max_pending: int = typer.Option(
+        16, "--max-pending", min=1, help="Requests scored at once or waiting; beyond: 503 with Retry-After."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, ..."),
+) -> None:
+    """Serve a web page (drop or record audio, see verdicts and per-window timelines) and an HTTP API
+    (POST /v1/detect, GET /v1/model, /healthz; OpenAPI docs at /docs)."""
+    from .serve import serve
+
+    serve(model, host, port, max_upload_mb, api_key, threshold, max_pending, device)
 
 
 @app.command("demo")

@@ -21,13 +21,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .errors import NcdetectError
+
+if TYPE_CHECKING:
+    from .runs import LoadedRun
+
+SAMPLE_RATE = 16_000
 
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
@@ -78,8 +84,124 @@ def resolve_threshold(threshold: float | str, metrics: dict[str, Any], run_dir: 
         raise NcdetectError(f"--threshold: expected a number or 'dev-eer', got {threshold!r}") from None
 
 
+@dataclass
+class Windows:
+    """The windows of one clip, as :class:`Detector` scores them: ``starts`` index ``wave`` (trimmed and,
+    when shorter than a window, tile-padded); ``offset`` is where ``wave`` began in the decoded clip."""
+
+    wave: np.ndarray
+    starts: list[int]
+    window: int
+    offset: int = 0
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """The windows stacked ``batch_size`` at a time (a long file is never stacked whole)."""
+        for i in range(0, len(self.starts), batch_size):
+            yield np.stack([self.wave[s : s + self.window] for s in self.starts[i : i + batch_size]])
+
+    def start_seconds(self) -> list[float]:
+        return [(self.offset + s) / SAMPLE_RATE for s in self.starts]
+
+
+def plan_windows(wave: np.ndarray, window: int, hop: int, trim: bool = False) -> Windows:
+    """Cut a 16 kHz clip into the windows that are scored (see the module docstring)."""
+    from .data.audio import tile_pad, trim_silence
+
+    offset = 0
+    if trim:
+        trimmed = trim_silence(wave)
+        # trim_silence returns a slice of its input; its start in the clip places the windows in time.
+        if trimmed.base is not None and np.shares_memory(trimmed, wave):
+            byte_offset = trimmed.__array_interface__["data"][0] - wave.__array_interface__["data"][0]
+            offset = byte_offset // wave.itemsize
+        wave = trimmed
+    starts = window_starts(len(wave), window, hop)
+    if len(wave) < window:
+        wave = tile_pad(wave, window)
+    return Windows(wave, starts, window, offset)
+
+
+def combine_logits(logits: np.ndarray) -> tuple[float, np.ndarray]:
+    """The file's score (the difference of the mean window logits) and each window's score, from the
+    window logits [n, 2] (0 = spoof, 1 = bonafide), in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    mean = logits.mean(axis=0)
+    return float(mean[1] - mean[0]), logits[:, 1] - logits[:, 0]
+
+
+class TorchModel:
+    """A run folder's front-end and model (PyTorch)."""
+
+    def __init__(self, run_dir: Path, device: str):
+        from .runs import load_run
+
+        self.run = load_run(run_dir, device)
+        self.config = self.run.config
+        self.metrics = self.run.metrics
+        self.path = run_dir
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.run.logits(torch.from_numpy(batch)).double().cpu().numpy()
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.run.model.parameters())
+
+
+class OnnxModel:
+    """An ONNX file from ``ncdetect export``, run by onnxruntime; the run's config and metrics travel in
+    the file's metadata."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        import json
+
+        from .config import validate_config
+        from .errors import ModelFileError
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise NcdetectError(
+                f"{path}: ONNX models need onnxruntime (pip install 'ncdetect[onnx]')"
+            ) from None
+        if not path.is_file():
+            raise ModelFileError(f"{path}: ONNX file not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for every kind of bad file
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "ncdetect_config" not in meta:
+            raise ModelFileError(
+                f"{path}: no ncdetect metadata (window, front-end); export it with `ncdetect export`"
+            )
+        self.config = validate_config(json.loads(meta["ncdetect_config"]), str(path))
+        self.metrics = json.loads(meta.get("ncdetect_metrics", "{}"))
+        self._parameters = int(meta.get("ncdetect_parameters", 0))
+        self.path = path
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        logits, _ = self.session.run(None, {"waveform": np.ascontiguousarray(batch, dtype=np.float32)})
+        return logits.astype(np.float64)
+
+    def parameters(self) -> int:
+        return self._parameters
+
+
+def load_model(model: str | Path, device: str = "auto") -> TorchModel | OnnxModel:
+    """A run folder (PyTorch) or an ``.onnx`` file from ``ncdetect export`` (onnxruntime)."""
+    path = Path(model)
+    if path.suffix.lower() == ".onnx" and not path.is_dir():
+        return OnnxModel(path)
+    return TorchModel(path, device)
+
+
 class Detector:
-    """A loaded run plus the windowing of :func:`detect`; reusable across many files."""
+    """A loaded model plus the windowing of :func:`detect`; reusable across many files. ``run_dir`` is a
+    run folder or an ONNX file from ``ncdetect export``."""
 
     def __init__(
         self,
@@ -90,48 +212,59 @@ class Detector:
         batch_size: int = 16,
         device: str = "auto",
     ):
-        from .runs import load_run
-
-        self.run = load_run(run_dir, device)
-        sr = 16_000
-        self.window = self.run.num_samples if window_seconds is None else round(window_seconds * sr)
+        self.model = load_model(run_dir, device)
+        sr = SAMPLE_RATE
+        default_window = self.model.config.data.num_samples
+        self.window = default_window if window_seconds is None else round(window_seconds * sr)
         if self.window < 400:
             raise NcdetectError(f"--window-seconds: {window_seconds} s is shorter than one 25 ms frame")
         self.hop = self.window // 2 if hop_seconds is None else round(hop_seconds * sr)
         if self.hop < 1:
             raise NcdetectError(f"--hop-seconds must be positive, got {hop_seconds}")
-        self.threshold = resolve_threshold(threshold, self.run.metrics, Path(run_dir))
+        self.threshold = resolve_threshold(threshold, self.model.metrics, Path(run_dir))
         self.batch_size = max(1, int(batch_size))
+
+    @property
+    def run(self) -> LoadedRun:
+        """The loaded run folder (PyTorch models only)."""
+        if not isinstance(self.model, TorchModel):
+            raise AttributeError("an ONNX model has no run folder")
+        return self.model.run
+
+    def windows(self, wave: np.ndarray) -> Windows:
+        return plan_windows(wave, self.window, self.hop, self.model.config.data.trim_silence)
+
+    def score_windows(self, windows: Windows) -> tuple[float, np.ndarray]:
+        """The file's score and the score of each window."""
+        logits = np.concatenate([self.model.logits(b) for b in windows.batches(self.batch_size)])
+        return combine_logits(logits)
 
     def score_wave(self, wave: np.ndarray) -> tuple[float, int]:
         """Mean window score of a 16 kHz clip and the number of windows."""
-        from .data.audio import tile_pad, trim_silence
+        windows = self.windows(wave)
+        score, _ = self.score_windows(windows)
+        return score, len(windows.starts)
 
-        if self.run.config.data.trim_silence:
-            wave = trim_silence(wave)
-        starts = window_starts(len(wave), self.window, self.hop)
-        if len(wave) < self.window:
-            wave = tile_pad(wave, self.window)
-        total = torch.zeros(2, dtype=torch.float64)
-        for i in range(0, len(starts), self.batch_size):
-            chunk = np.stack([wave[s : s + self.window] for s in starts[i : i + self.batch_size]])
-            total += self.run.logits(torch.from_numpy(chunk)).double().sum(dim=0).cpu()
-        mean = total / len(starts)
-        return float(mean[1] - mean[0]), len(starts)
+    def result(self, path: str, score: float) -> dict[str, Any]:
+        """The fields every front-end reports for a scored file."""
+        return {
+            "path": path,
+            "score": score,
+            "label": "bonafide" if score > self.threshold else "spoof",
+            "probability": _sigmoid(score),
+            "threshold": self.threshold,
+        }
 
     def detect_file(self, path: str | Path) -> dict[str, Any]:
         from .data.audio import load_audio
 
         wave = load_audio(path)
-        score, n_windows = self.score_wave(wave)
+        windows = self.windows(wave)
+        score, _ = self.score_windows(windows)
         return {
-            "path": str(path),
-            "score": score,
-            "label": "bonafide" if score > self.threshold else "spoof",
-            "probability": _sigmoid(score),
-            "threshold": self.threshold,
-            "windows": n_windows,
-            "seconds": round(len(wave) / 16_000, 3),
+            **self.result(str(path), score),
+            "windows": len(windows.starts),
+            "seconds": round(len(wave) / SAMPLE_RATE, 3),
         }
 
 

@@ -4,18 +4,27 @@ Input ``waveform``: float32 (batch, samples) at 16 kHz, both axes dynamic (the f
 the statistics pooling follow the length). Outputs ``logits`` (batch, 2; 0 = spoof, 1 = bonafide) and
 ``score`` (batch,) = logit(bonafide) - logit(spoof). Scores of whole files over sliding windows are the
 caller's business (see ``ncdetect detect`` for the windowing we use).
+
+The file carries the run's resolved config, its metrics and the parameter count as ONNX metadata
+(``ncdetect_config``, ``ncdetect_metrics``, ``ncdetect_parameters``), so ``ncdetect detect`` and
+``ncdetect serve`` window and describe an ``.onnx`` file exactly as they do its run folder.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from . import __version__
 from .errors import NcdetectError
 from .fileio import atomic_path
+
+if TYPE_CHECKING:
+    from .runs import LoadedRun
 
 OPSET = 17
 
@@ -38,6 +47,12 @@ def export_onnx(run_dir: str | Path, out: str | Path, opset: int = OPSET) -> Pat
 
     out = Path(out)
     run = load_run(run_dir, "cpu")
+    if not getattr(run.frontend, "exportable", True):
+        # The Whisper encoder runs in CTranslate2, outside torch: there is no graph to export.
+        raise NcdetectError(
+            f"{run_dir}: front-end {run.config.frontend.name!r} cannot be exported to ONNX (its encoder runs "
+            "in CTranslate2, not torch); use the run folder with `ncdetect detect` or `ncdetect serve`"
+        )
     graph = WaveformDetector(run.frontend, run.model).eval()
     # Noise rather than zeros: a constant input lets the tracer fold more than it should.
     example = torch.randn(2, run.num_samples, generator=torch.Generator().manual_seed(0)) * 0.1
@@ -65,4 +80,23 @@ def export_onnx(run_dir: str | Path, out: str | Path, opset: int = OPSET) -> Pat
         except Exception as err:  # the exporter raises many types; the user needs one line
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise NcdetectError(f"{run_dir}: ONNX export failed ({type(err).__name__}: {first})") from None
+        _add_metadata(tmp, run)
     return out
+
+
+def _add_metadata(onnx_file: Path, run: LoadedRun) -> None:
+    import json
+
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    entries = {
+        "ncdetect_version": __version__,
+        "ncdetect_config": json.dumps(run.config.to_dict(), sort_keys=True),
+        # The per-epoch history is left out: it is long and says nothing about using the model.
+        "ncdetect_metrics": json.dumps({k: v for k, v in run.metrics.items() if k != "epochs"}),
+        "ncdetect_parameters": str(sum(p.numel() for p in run.model.parameters())),
+    }
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(onnx_file))

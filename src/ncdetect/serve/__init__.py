@@ -1,0 +1,122 @@
+"""``ncdetect serve``: a web page and an HTTP API for detection, on one server (FastAPI + uvicorn).
+
+Optional extra: ``pip install 'ncdetect[serve]'``. The model (a run folder, or an ONNX file from
+``ncdetect export``) is loaded once; see :mod:`ncdetect.serve.app` for the API and
+:mod:`ncdetect.serve.inference` for how the work is kept off the event loop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import NcdetectError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+API_KEY_ENV = "NCDETECT_API_KEY"
+
+
+def _require_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise NcdetectError(
+            f"ncdetect serve needs the serve extra ({err.name} is missing): pip install 'ncdetect[serve]'"
+        ) from None
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(
+    model: str | Path,
+    max_upload_mb: float = 50.0,
+    api_key: str | None = None,
+    threshold: float | str = 0.0,
+    max_pending: int = 16,
+    device: str = "auto",
+) -> FastAPI:
+    """Load the model once and return the application (what ``serve`` runs, and what tests call)."""
+    _require_extra()
+    from ..detect import Detector
+    from .app import create_app
+
+    if max_upload_mb <= 0:
+        raise NcdetectError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    detector = Detector(model, threshold=threshold, device=device)
+    return create_app(detector, max_upload_mb=max_upload_mb, api_key=api_key or None, max_pending=max_pending)
+
+
+def serve(
+    model: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: float = 50.0,
+    api_key: str | None = None,
+    threshold: float | str = 0.0,
+    max_pending: int = 16,
+    device: str = "auto",
+) -> None:
+    """Serve until interrupted. ``api_key`` None falls back to ``$NCDETECT_API_KEY``; port 0 takes a free
+    port. The address is printed once the socket listens."""
+    _require_extra()
+    import uvicorn
+
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    app = build_app(model, max_upload_mb, api_key, threshold, max_pending, device)
+    if not is_local(host) and api_key is None:
+        print(
+            f"ncdetect: warning: serving on {host} without an API key: anyone who can reach this address "
+            f"can use the API (set --api-key or {API_KEY_ENV})",
+            file=sys.stderr,
+            flush=True,
+        )
+    sock = _listen(host, port)
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"ncdetect serve: http://{shown}:{bound_port}/ (API docs at /docs; Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        # Connections beyond this get 503 from uvicorn itself: a flood of uploads cannot pile up without end.
+        limit_concurrency=max(64, 4 * max_pending),
+        timeout_keep_alive=5,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, so that a taken port or an unknown host is one line, not a uvicorn traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise NcdetectError(f"--host {host}: cannot be resolved ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise NcdetectError(f"{host}:{port}: cannot listen ({err.strerror or err})") from None
+    sock.set_inheritable(True)
+    return sock
