@@ -81,11 +81,30 @@ class RawBoostConfig(_Section):
     snr_max: float = 40.0
 
 
+class CodecAugmentConfig(_Section):
+    """Codec and channel augmentation, rendered into the feature cache (see data/codec_augment.py)."""
+
+    enabled: bool = False
+    variants: int = Field(4, ge=1, le=64, description="augmented copies per training window (K)")
+    p: float = Field(0.8, ge=0, le=1, description="chance that an epoch reads a copy, not the clean window")
+    codecs: list[Literal["mp3", "opus", "gsm", "g722", "mulaw", "alaw"]] = Field(
+        default_factory=lambda: ["mp3", "opus", "gsm", "g722", "mulaw", "alaw"])
+    p_codec: float = Field(0.8, ge=0, le=1)
+    p_packet_loss: float = Field(0.25, ge=0, le=1)
+    max_loss: float = Field(0.1, gt=0.01, le=0.5, description="packet-loss rate drawn in [0.01, max_loss]")
+    p_filter: float = Field(0.3, ge=0, le=1, description="probability of a random low- or high-pass")
+    p_noise: float = Field(0.3, ge=0, le=1)
+    snr_min: float = 10.0
+    snr_max: float = 40.0
+    seed: int = Field(0, description="the copies are a function of this seed and the utterance alone")
+
+
 class AugmentConfig(_Section):
     specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
     rawboost: RawBoostConfig = Field(default_factory=RawBoostConfig)
+    codec: CodecAugmentConfig = Field(default_factory=CodecAugmentConfig)
 
-    @field_validator("specaugment", "rawboost", mode="before")
+    @field_validator("specaugment", "rawboost", "codec", mode="before")
     @classmethod
     def _bool_shorthand(cls, value: Any) -> Any:
         # ``--set augment.rawboost=true`` is accepted as ``augment.rawboost.enabled=true``.
@@ -127,6 +146,13 @@ class TrainConfig(_Section):
                 "data.feature_cache and augment.rawboost exclude each other: RawBoost changes the waveform "
                 "every epoch, so there is no fixed front-end output to cache"
             )
+        if self.augment.codec.enabled and not self.data.feature_cache:
+            raise ValueError(
+                "augment.codec needs data.feature_cache: true: the codec copies are rendered once into "
+                "the feature cache (ffmpeg per sample and epoch would be far too slow)"
+            )
+        if self.augment.codec.snr_min > self.augment.codec.snr_max:
+            raise ValueError("augment.codec: snr_min must not exceed snr_max")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .whisper import WhisperFrontend
 
 SAMPLE_RATE = 16_000
 
@@ -426,7 +427,9 @@ class RawFrames(Frontend):
         return wave[:, : n * self.frame].reshape(wave.shape[0], n, self.frame).transpose(1, 2)
 
 
-FRONTENDS: dict[str, type[Frontend]] = {"logmel": LogMel, "lfcc": LFCC, "raw": RawFrames}
+FRONTENDS: dict[str, type[Frontend]] = {
+    "logmel": LogMel, "lfcc": LFCC, "raw": RawFrames, "whisper": WhisperFrontend,
+}
 
 
 def build_frontend(name: str, **kwargs: Any) -> Frontend:

@@ -72,11 +72,12 @@ def create_model(name: str, n_features: int, embedding_dim: int = 256, **kwargs:
 
 
 # Imported last: the family modules register themselves through register_model above.
-from . import convnext, lcnn, resnet  # noqa: E402
+from . import attn_mlp, convnext, lcnn, resnet  # noqa: E402
 
 __all__ = [
     "DropPath",
     "SpoofModel",
+    "attn_mlp",
     "check_float",
     "check_int",
     "check_ints",

