@@ -39,8 +39,9 @@ import torch
 from common import Threads, interleaved, load_average, main, row
 from ncdetect.config import load_config
 from ncdetect.data.cache import FeatureCache
-from ncdetect.data.dataset import AudioDataset, make_loader
+from ncdetect.data.dataset import AudioDataset
 from ncdetect.data.frontends import LogMel
+from ncdetect.data.loader import make_loader
 from ncdetect.runs import build_model
 
 SR = 16_000

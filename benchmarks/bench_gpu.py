@@ -33,8 +33,9 @@ from bench_data import make_flac_corpus
 from bench_models import shipped_model
 from common import format_rows, row
 from ncdetect.data.cache import FeatureCache
-from ncdetect.data.dataset import AudioDataset, make_loader
+from ncdetect.data.dataset import AudioDataset
 from ncdetect.data.frontends import LogMel
+from ncdetect.data.loader import make_loader
 
 NUM_SAMPLES = 64_600
 

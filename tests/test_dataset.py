@@ -14,15 +14,9 @@ import torch
 from conftest import make_corpus
 from ncdetect.data import audio as audio_mod
 from ncdetect.data.cache import CachedFeatureDataset, FeatureCache
-from ncdetect.data.dataset import (
-    AudioDataset,
-    EpochShuffleSampler,
-    collate,
-    make_loader,
-    raise_or_skip,
-    write_skipped,
-)
+from ncdetect.data.dataset import AudioDataset, write_skipped
 from ncdetect.data.frontends import LogMel, RawFrames
+from ncdetect.data.loader import EpochShuffleSampler, collate, make_loader, raise_or_skip
 from ncdetect.data.manifest import read_manifest
 from ncdetect.errors import NcdetectError
 

@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from ncdetect.config import load_config
-from ncdetect.train import DistEnv, epoch_batches, train
+from ncdetect.distributed import DistEnv
+from ncdetect.train import epoch_batches, train
 
 BASE = ["data.num_samples=16000", "data.num_workers=0", "model.kwargs.width=8", "model.embedding_dim=32",
         "optim.epochs=2", "train.threads=1", "train.select_by=last"]

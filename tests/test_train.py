@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from ncdetect.config import RawBoostConfig, SpecAugmentConfig, load_config
+from ncdetect.data.augment import rawboost, spec_augment
+from ncdetect.distributed import DistEnv
 from ncdetect.errors import ConfigError, NcdetectError
-from ncdetect.train import DistEnv, epoch_batches, lr_at, rawboost, spec_augment, train
+from ncdetect.train import epoch_batches, lr_at, train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ncdetect"
 

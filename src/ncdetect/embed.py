@@ -48,8 +48,8 @@ def embed_manifest(
     """
     from .data.dataset import AudioDataset, write_skipped
     from .data.manifest import read_manifest
+    from .distributed import barrier, init_distributed
     from .runs import load_run, resolve_device
-    from .train import barrier, init_distributed
 
     out_dir = Path(out_dir)
     env = init_distributed(device)

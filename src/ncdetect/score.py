@@ -41,7 +41,7 @@ def infer_batches(
     Yields ``(indices, logits [b, 2], embeddings [b, D])`` per batch as float32 numpy arrays. Unreadable
     items stop the run naming the file, or with ``skip_bad`` are appended to ``skipped`` and left out.
     """
-    from .data.dataset import collate, raise_or_skip
+    from .data.loader import collate, raise_or_skip
 
     loader = DataLoader(
         dataset,

@@ -1,13 +1,15 @@
 """``ncdetect train``: one detector from a manifest, read top to bottom.
 
-The file is laid out like nanoGPT's train.py: helpers first (distributed setup, augmentation, data
-order, learning-rate schedule, checkpoints), then :func:`train`, a single loop without framework magic.
+The file is laid out like timm's train.py: helpers first (data order, learning-rate schedule, the
+checkpointed :class:`TrainState`, the run folder), then the steps (:func:`train_one_epoch`,
+:func:`validate`, :func:`select_model`), then :func:`train`, which reads as the list of its steps.
+Augmentation lives in :mod:`ncdetect.data.augment`, the distributed helpers in :mod:`ncdetect.distributed`.
 
 Reproducibility and resumption
     Every random choice of an epoch is a pure function of ``(seed, epoch, index)``: the data order
-    (:func:`epoch_batches`), the crops (the dataset), RawBoost and SpecAugment (:func:`_aug_rng`). The rest
-    of the state (model, optimiser, step counter of the schedule, GradScaler, the global torch / numpy /
-    python RNGs, the best model so far and the early-stopping counters) is saved after every epoch in
+    (:func:`epoch_batches`), the crops (the dataset), RawBoost and SpecAugment
+    (:func:`~ncdetect.data.augment.aug_rng`). The rest of the state (:class:`TrainState`, plus the model,
+    optimiser, GradScaler and the global torch / numpy / python RNGs) is saved after every epoch in
     ``RUN/checkpoint/`` (safetensors for tensors, JSON for the rest), so ``--resume`` after a crash ends,
     on CPU, with the same weights bit for bit as a run that was never interrupted.
 
@@ -34,212 +36,33 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .config import RawBoostConfig, SpecAugmentConfig, TrainConfig
+from .config import TrainConfig
+from .data.augment import RawBoostDataset, spec_augment
+from .data.loader import worker_init
+from .distributed import DistEnv, all_gather_list, all_reduce_sum, barrier, init_distributed
 from .errors import ConfigError, NcdetectError
 from .fileio import ensure_writable_dir, reporting_write_errors, write_json, write_text, write_yaml
+from .runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 CHECKPOINT_DIR = "checkpoint"
 RUN_ARTIFACTS = (
-    "model.safetensors", "config.yaml", "metrics.json", "train.log", "skipped.csv", "dev_skipped",
-    CHECKPOINT_DIR,
+    MODEL_FILE, CONFIG_FILE, METRICS_FILE, "train.log", "skipped.csv", "dev_skipped", CHECKPOINT_DIR,
 )
 # Settings that may change between a run and its --resume without changing the result.
 RESUME_MAY_DIFFER = {("data", "num_workers"), ("train", "threads"), ("train", "device")}
 
-
-# --- distributed: the only code that knows about several processes ---------------------------------
-
-
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str = "auto") -> DistEnv:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else single."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistEnv()
-    import torch.distributed as dist  # DIST
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
-    if not dist.is_initialized():  # DIST
-        if use_cuda:
-            torch.cuda.set_device(local_rank)  # DIST
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")  # DIST
-    return DistEnv(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
-
-
-def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    if env.world > 1:
-        import torch.distributed as dist
-
-        if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
-            on_gpu = values.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)  # DIST
-            values.copy_(on_gpu.cpu())
-        else:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)  # DIST
-    return values
-
-
-def all_gather_list(items: list, env: DistEnv) -> list:
-    """Concatenate a small Python list from every process (used for the skipped-file records)."""
-    if env.world == 1:
-        return items
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * env.world
-    dist.all_gather_object(parts, items)  # DIST
-    return [x for part in parts for x in part]
-
-
-def barrier(env: DistEnv) -> None:
-    if env.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # DIST
-
-
-# --- augmentation --------------------------------------------------------------------------------
-
-
-def _aug_rng(seed: int, epoch: int, index: int, salt: int) -> np.random.Generator:
-    # Keyed by the utterance, not by the batch it lands in: the same draws whatever the number of
-    # processes, workers or where a resumed run restarts. The salt separates it from the crop's stream.
-    return np.random.default_rng([seed, epoch, index, salt])
-
-
-def _fft_filter(b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Causal FIR filtering ``lfilter(b, 1, x)`` via the FFT (taps can reach several hundred)."""
-    n = len(x) + len(b) - 1
-    size = 1 << (n - 1).bit_length()
-    y = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(b, size), size)
-    return y[: len(x)]
-
-
-def _bandstop(f1: float, f2: float, taps: int, fs: int) -> np.ndarray:
-    """Hamming-windowed-sinc band-stop FIR (as ``scipy.signal.firwin(taps, [f1, f2])``)."""
-    n = np.arange(taps) - (taps - 1) / 2
-
-    def lowpass(fc: float) -> np.ndarray:
-        return 2 * fc / fs * np.sinc(2 * fc / fs * n)
-
-    h = -(lowpass(f2) - lowpass(f1)) * np.hamming(taps)
-    h[(taps - 1) // 2] += 1.0
-    return h / h.sum()  # unity gain at DC, like firwin's scaling
-
-
-def _notch_filter(rng: np.random.Generator, gain_db: tuple[float, float], fs: int = 16_000) -> np.ndarray:
-    """RawBoost's random multi-band filter: a cascade of 5 band-stops with random centre (20 Hz-8 kHz),
-    bandwidth (100-1000 Hz) and length (10-100 taps), scaled to a random peak gain."""
-    b = np.ones(1)
-    for _ in range(5):
-        fc, bw = rng.uniform(20, 8000), rng.uniform(100, 1000)
-        taps = int(rng.integers(10, 101)) | 1  # odd length: a type-I filter can stop a band at Nyquist
-        f1, f2 = max(fc - bw / 2, 1e-3), min(fc + bw / 2, fs / 2 - 1e-3)
-        b = np.convolve(b, _bandstop(f1, f2, taps, fs))
-    peak = np.abs(np.fft.rfft(b, 1024)).max()
-    return 10 ** (rng.uniform(*gain_db) / 20) * b / max(peak, 1e-12)
-
-
-def _peak_normalise(x: np.ndarray) -> np.ndarray:
-    peak = np.abs(x).max()
-    return x / peak if peak > 0 else x
-
-
-def rawboost(x: np.ndarray, rng: np.random.Generator, cfg: RawBoostConfig) -> np.ndarray:
-    """RawBoost-style waveform augmentation (after Tak et al., ICASSP 2022), simplified but genuine.
-
-    1: linear and non-linear convolutive noise: sum over j = 1..5 of a random FIR filter applied to x^j
-       (the higher orders at 5-20 dB lower gain), mimicking channel and non-linear device distortion.
-    2: impulsive signal-dependent noise: up to 10% of the samples get x[i] * g * u1 * u2 added
-       (u uniform in [-1, 1], g = 2), like clipping and quantisation clicks.
-    3: stationary signal-independent coloured noise: white noise through a random FIR filter, added at
-       an SNR drawn from [snr_min, snr_max] dB.
-    """
-    x = x.astype(np.float64)
-    peak_in = np.abs(x).max()
-    for algo in cfg.algos:
-        if algo == 1:
-            y = np.zeros_like(x)
-            for order in range(1, 6):
-                gain = (0.0, 0.0) if order == 1 else (-5.0, -20.0)
-                y += _fft_filter(_notch_filter(rng, (min(gain), max(gain))), x**order)
-            x = _peak_normalise(y - y.mean())
-        elif algo == 2:
-            n = int(len(x) * rng.uniform(0, 10) / 100)
-            pos = rng.permutation(len(x))[:n]
-            f_r = (2 * rng.random(n) - 1) * (2 * rng.random(n) - 1)
-            x = x.copy()
-            x[pos] += 2.0 * x[pos] * f_r
-            x = _peak_normalise(x)
-        elif algo == 3:
-            noise = _fft_filter(_notch_filter(rng, (0.0, 0.0)), rng.standard_normal(len(x)))
-            snr = rng.uniform(cfg.snr_min, cfg.snr_max)
-            scale = np.linalg.norm(x) / max(np.linalg.norm(noise), 1e-12) / 10 ** (snr / 20)
-            x = x + scale * noise
-    # Back to the input's peak level, so augmentation does not also become a loudness cue.
-    return (_peak_normalise(x) * (peak_in if peak_in > 0 else 1.0)).astype(np.float32)
-
-
-class RawBoostDataset(Dataset):
-    """Applies :func:`rawboost` to the training waves inside the DataLoader workers."""
-
-    def __init__(self, base: Any, cfg: RawBoostConfig, seed: int):
-        self.base, self.cfg, self.seed = base, cfg, seed
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.base[index]
-        if item["wave"] is not None:
-            rng = _aug_rng(self.seed, self.base.epoch, int(index), 0xB0057)
-            if rng.random() < self.cfg.p:
-                item["wave"] = torch.from_numpy(rawboost(item["wave"].numpy(), rng, self.cfg))
-        return item
-
-
-def spec_augment(
-    feats: torch.Tensor, indices: torch.Tensor, epoch: int, seed: int, cfg: SpecAugmentConfig
-) -> torch.Tensor:
-    """SpecAugment (Park et al. 2019): random frequency and time bands set to the utterance's mean."""
-    b, _, n_freq, n_time = feats.shape
-    mask = torch.zeros(b, n_freq, n_time, dtype=torch.bool)
-    for row, index in enumerate(indices.tolist()):
-        rng = _aug_rng(seed, epoch, index, 0x5A)
-        for _ in range(cfg.freq_masks):
-            w = int(rng.integers(0, min(cfg.freq_width, n_freq) + 1))
-            f0 = int(rng.integers(0, n_freq - w + 1))
-            mask[row, f0 : f0 + w, :] = True
-        for _ in range(cfg.time_masks):
-            w = int(rng.integers(0, min(cfg.time_width, n_time) + 1))
-            t0 = int(rng.integers(0, n_time - w + 1))
-            mask[row, :, t0 : t0 + w] = True
-    fill = feats.mean(dim=(2, 3), keepdim=True)
-    return torch.where(mask.to(feats.device).unsqueeze(1), fill, feats)
 
 
 # --- data order and learning rate ------------------------------------------------------------------
@@ -276,6 +99,11 @@ def epoch_batches(
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
     """Linear warm-up, then a cosine decay from ``lr`` to ``min_lr`` at the last step."""
+    # Not torch.optim.lr_scheduler: LambdaLR multiplies the base lr by a factor, which is this value
+    # divided by lr, and lr * (v / lr) != v for a share of the steps (e.g. 26 of 1000 at lr 1e-3), so every
+    # existing run would train with ulp-shifted rates and end with other weights; SequentialLR(LinearLR,
+    # CosineAnnealingLR) updates recursively and drifts further. As a pure function of the step counter
+    # the schedule also needs nothing in the checkpoint but ``step``.
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -390,6 +218,65 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+@dataclass
+class TrainState:
+    """Everything of a run that changes during training, as one checkpoint saves and restores it.
+
+    The fields below go to ``state.json`` by name, and :meth:`from_checkpoint` reads back every field
+    :meth:`to_checkpoint` wrote, so a new field cannot be saved but not restored. The model, optimiser,
+    GradScaler and the global RNGs are passed in: they belong to the run, the state only snapshots them.
+    """
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps taken: the schedule's position
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "dev_eer": None, "threshold": None})
+    bad_epochs: int = 0  # epochs since the dev EER last improved
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    dev_skipped: list[tuple[int, str]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None  # the selected weights; tensors, saved as "best.*"
+
+    def __post_init__(self) -> None:
+        # JSON turns the (index, message) tuples into lists; sets of them need tuples.
+        self.skipped = [tuple(x) for x in self.skipped]  # type: ignore[misc]
+        self.dev_skipped = [tuple(x) for x in self.dev_skipped]  # type: ignore[misc]
+
+    def to_checkpoint(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        config: dict[str, Any],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(tensors, meta)`` for :func:`save_checkpoint`."""
+        rng_tensors, rng_meta = _rng_state()
+        opt_tensors, opt_meta = _optimizer_state(opt)
+        tensors = {**_prefixed("model.", model.state_dict()), **opt_tensors, **rng_tensors}
+        if self.best_state is not None:
+            tensors.update(_prefixed("best.", self.best_state))
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "best_state"}
+        meta.update(optimizer=opt_meta, scaler=scaler.state_dict(), rng=rng_meta, config=config)
+        return tensors, meta
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]],
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+    ) -> TrainState:
+        """Load the model, optimiser, scaler and RNGs from ``checkpoint`` and return the state."""
+        tensors, meta = checkpoint
+        model.load_state_dict(_unprefixed("model.", tensors))
+        _load_optimizer_state(opt, tensors, meta["optimizer"])
+        if meta["scaler"]:
+            scaler.load_state_dict(meta["scaler"])
+        _set_rng_state(tensors, meta["rng"])
+        saved = {f.name: meta[f.name] for f in fields(cls) if f.name != "best_state"}
+        return cls(**saved, best_state=_unprefixed("best.", tensors) or None)
+
+
 # --- run folder and log ------------------------------------------------------------------------------
 
 
@@ -413,14 +300,14 @@ class RunLog:
 
 def _run_state(out: Path) -> str:
     """``new``, ``finished`` (metrics.json says so) or ``unfinished`` (a config or checkpoint, no end)."""
-    metrics = out / "metrics.json"
+    metrics = out / METRICS_FILE
     if metrics.is_file():
         try:
             if json.loads(metrics.read_text(encoding="utf-8")).get("finished"):
                 return "finished"
         except json.JSONDecodeError:
             pass
-    if (out / "config.yaml").is_file() or (out / CHECKPOINT_DIR).exists():
+    if (out / CONFIG_FILE).is_file() or (out / CHECKPOINT_DIR).exists():
         return "unfinished"
     return "new"
 
@@ -435,43 +322,50 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return diffs
 
 
-# --- the training loop -------------------------------------------------------------------------------
+# --- the steps of a run ------------------------------------------------------------------------------
 
 
-def train(
-    cfg: TrainConfig,
-    train_manifest: str | Path,
-    out: str | Path,
-    dev_manifest: str | Path | None = None,
-    resume: bool = False,
-    skip_bad: bool = False,
-    force: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train one detector; returns the metrics also written to ``out/metrics.json``.
+@dataclass
+class TrainData:
+    """The manifests of a run, read and checked."""
 
-    An existing run folder is only continued with ``resume`` (from its last completed epoch; a finished
-    run is returned as is) and only replaced with ``force``; otherwise it is an error.
-    """
-    from .data.dataset import AudioDataset, collate, raise_or_skip, write_skipped
+    train_df: pd.DataFrame
+    dev_df: pd.DataFrame | None
+    labels: np.ndarray  # 0 spoof, 1 bonafide, per training row
+    counts: np.ndarray  # utterances per class
+
+
+@dataclass
+class TrainContext:
+    """What stays fixed during a run: the config, the processes, the model and its optimiser."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    device: torch.device
+    frontend: nn.Module
+    model: nn.Module
+    ddp_model: nn.Module  # the model itself with one process
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    class_weight: torch.Tensor
+    steps_per_epoch: int
+    skip_bad: bool
+    progress: bool
+
+    @property
+    def show_progress(self) -> bool:
+        return self.env.is_main and self.progress
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def read_train_data(train_manifest: str | Path, dev_manifest: str | Path | None) -> TrainData:
     from .data.manifest import read_manifest
-    from .evaluate import compute_eer
-    from .runs import build_frontend, build_model, resolve_device, save_weights
-    from .score import infer_batches
 
-    out = Path(out)
-    env = init_distributed(cfg.train.device)
-    device = resolve_device(cfg.train.device, env.local_rank)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-
-    # ---- seeds: the global RNGs (model init, dropout); data randomness is keyed by (seed, epoch, index)
-    seed = cfg.train.seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-    # ---- data
     train_df = read_manifest(train_manifest)
     labels = train_df["label"].map({"spoof": 0, "bonafide": 1}).to_numpy(np.int64)
     counts = np.bincount(labels, minlength=2)
@@ -481,20 +375,11 @@ def train(
     dev_df = read_manifest(dev_manifest) if dev_manifest is not None else None
     if dev_df is not None and dev_df["label"].nunique() < 2:
         raise NcdetectError(f"{dev_manifest}: the dev manifest needs both bonafide and spoof utterances")
+    return TrainData(train_df, dev_df, labels, counts)
 
-    # Everything that can be wrong with the inputs fails here, before the run folder is touched.
-    frontend = build_frontend(cfg).to(device)
-    model = build_model(cfg, frontend.n_features)
-    accumulate = cfg.optim.accumulate
-    global_batch = cfg.data.batch_size * env.world * accumulate
-    steps_per_epoch = len(train_df) // global_batch
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"{train_manifest}: {len(train_df)} training utterances are fewer than one global batch of "
-            f"{global_batch} (data.batch_size x processes x optim.accumulate); lower data.batch_size"
-        )
 
-    # ---- run folder: new, resumed or refused
+def prepare_run_folder(out: Path, env: DistEnv, resume: bool, force: bool) -> dict[str, Any] | None:
+    """Make ``out`` ready for a new or resumed run; a finished run's metrics when there is nothing to do."""
     state = _run_state(out)
     if state != "new" and not (resume or force):
         raise NcdetectError(
@@ -502,7 +387,7 @@ def train(
             "--resume to continue it, --force to start over, or choose another --out"
         )
     if state == "finished" and resume and not force:
-        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
     barrier(env)
     if env.is_main:
         if force and state != "new":
@@ -511,44 +396,62 @@ def train(
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         ensure_writable_dir(out)
     barrier(env)
-    checkpoint = load_checkpoint(out) if resume else None
+    return None
+
+
+def load_own_checkpoint(out: Path, cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The run's last checkpoint, refused when its config differs from ``cfg`` in a setting that matters."""
+    checkpoint = load_checkpoint(out)
     if checkpoint is not None:
         diffs = _config_differences(checkpoint[1]["config"], cfg.to_dict())
         if diffs:
             raise ConfigError(
                 f"{out}: --resume needs the run's own config; these settings differ: {', '.join(diffs)} "
-                f"(see {out / 'config.yaml'})"
+                f"(see {out / CONFIG_FILE})"
             )
-    log = RunLog(out / "train.log" if env.is_main else None, echo=env.is_main)
-    if env.is_main:
-        write_yaml(out / "config.yaml", cfg.to_dict())
+    return checkpoint
 
-    # ---- datasets
+
+def build_datasets(
+    cfg: TrainConfig, data: TrainData, frontend: nn.Module, out: Path, env: DistEnv, device: torch.device,
+    progress: bool,
+) -> tuple[Any, Any]:
+    """The training set (waves, or features from the cache) and the dev set (waves, or None)."""
+    from .data.dataset import AudioDataset
+
     n = cfg.data.num_samples
     if cfg.data.feature_cache:
         from .data.cache import FeatureCache
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "feature_cache"
-        cache = FeatureCache(cache_dir, frontend, train_df, num_samples=n, trim_silence=cfg.data.trim_silence)
+        cache = FeatureCache(
+            cache_dir, frontend, data.train_df, num_samples=n, trim_silence=cfg.data.trim_silence
+        )
         build = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, device=device,
                      progress=env.is_main and progress)
         if env.is_main:
             cache.build(**build)
         barrier(env)
         cache.build(**build)  # a no-op on a shared file system; builds a node-local cache otherwise
-        train_ds: Any = cache.dataset(train=True, seed=seed)
+        train_ds: Any = cache.dataset(train=True, seed=cfg.train.seed)
     else:
         train_ds = AudioDataset(
-            train_df, num_samples=n, train=True, seed=seed, trim_silence=cfg.data.trim_silence
+            data.train_df, num_samples=n, train=True, seed=cfg.train.seed, trim_silence=cfg.data.trim_silence
         )
         if cfg.augment.rawboost.enabled:
-            train_ds = RawBoostDataset(train_ds, cfg.augment.rawboost, seed)
+            train_ds = RawBoostDataset(train_ds, cfg.augment.rawboost, cfg.train.seed)
     dev_ds = (
-        AudioDataset(dev_df, num_samples=n, train=False, trim_silence=cfg.data.trim_silence)
-        if dev_df is not None else None
+        AudioDataset(data.dev_df, num_samples=n, train=False, trim_silence=cfg.data.trim_silence)
+        if data.dev_df is not None else None
     )
+    return train_ds, dev_ds
 
-    # ---- model, optimiser, schedule, mixed precision
+
+def build_context(
+    cfg: TrainConfig, env: DistEnv, device: torch.device, frontend: nn.Module, model: nn.Module,
+    data: TrainData, steps_per_epoch: int, skip_bad: bool, progress: bool,
+) -> TrainContext:
+    """Model on its device (wrapped in DDP across processes), AdamW, mixed precision and class weights."""
     model.to(device)
     ddp_model: nn.Module = model
     if env.world > 1:
@@ -567,233 +470,326 @@ def train(
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
     )
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    min_lr = cfg.optim.lr * cfg.optim.min_lr_ratio
     amp_dtype = _amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-
     if cfg.loss.balance == "weighted":  # w_c = N / (2 N_c): the expected weight per sample is 1
-        class_weight = torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32, device=device)
+        weights = len(data.labels) / (2.0 * data.counts)
+        class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
     else:
         class_weight = torch.ones(2, dtype=torch.float32, device=device)
+    return TrainContext(cfg, env, device, frontend, model, ddp_model, opt, scaler, amp_dtype, class_weight,
+                        steps_per_epoch, skip_bad, progress)
 
-    # ---- state that a checkpoint carries
-    start_epoch, step = 0, 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": None, "dev_eer": None, "threshold": None}
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs = 0
-    skipped: list[tuple[int, str]] = []
-    dev_skipped: list[tuple[int, str]] = []
-    if checkpoint is not None:
-        tensors, meta = checkpoint
-        model.load_state_dict(_unprefixed("model.", tensors))
-        _load_optimizer_state(opt, tensors, meta["optimizer"])
-        if meta["scaler"]:
-            scaler.load_state_dict(meta["scaler"])
-        _set_rng_state(tensors, meta["rng"])
-        best_state = _unprefixed("best.", tensors) or None
-        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
-        best, bad_epochs = meta["best"], meta["bad_epochs"]
-        skipped = [tuple(x) for x in meta["skipped"]]
-        dev_skipped = [tuple(x) for x in meta["dev_skipped"]]
-        log(f"resuming from epoch {start_epoch} of {cfg.optim.epochs} ({out / CHECKPOINT_DIR})")
-    elif env.is_main:
-        n_params = sum(p.numel() for p in model.parameters())
-        log(
-            f"training {cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {len(train_df)} utterances "
-            f"({counts[1]} bonafide, {counts[0]} spoof), "
-            f"dev {len(dev_df) if dev_df is not None else 'none'}; "
-            f"device {device}, {env.world} process(es), global batch {global_batch}, "
-            f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}"
-        )
 
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        if bad_epochs >= (cfg.train.patience or math.inf):
-            log(f"early stop: no dev-EER improvement for {bad_epochs} epochs")
-            break
-        t_epoch = time.perf_counter()
-        train_ds.set_epoch(epoch)
-        batches = epoch_batches(
-            labels, epoch, seed, cfg.loss.balance, cfg.data.batch_size, env, accumulate
-        )
-        loader = DataLoader(
-            train_ds,
-            batch_sampler=batches,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
-            worker_init_fn=_worker_init,
-        )
-        ddp_model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, correct, samples
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False,
-            disable=not (env.is_main and progress), dynamic_ncols=True,
-        )
-        epoch_skipped: list[tuple[int, str]] = []
-        for micro, batch in enumerate(bar):
-            raise_or_skip(batch["errors"], skip_bad, epoch_skipped)
-            a = micro % accumulate
-            if a == 0:  # first micro-batch of an optimiser step
-                lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr, min_lr)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                has_grad = False
-            last_micro = a == accumulate - 1
-            x = batch["features" if "features" in batch else "wave"]
-            if x.shape[0] >= 2:  # BatchNorm needs two samples; only unreadable files make a batch smaller
-                x, y = x.to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
-                sync = nullcontext() if (last_micro or env.world == 1) else ddp_model.no_sync()  # DIST
-                with sync:
-                    feats = x if "features" in batch else frontend(x)
-                    if cfg.augment.specaugment.enabled:
-                        feats = spec_augment(feats, batch["index"], epoch, seed, cfg.augment.specaugment)
-                    with autocast():
-                        logits = ddp_model(feats)
-                    per_sample = F.cross_entropy(
-                        logits.float(), y, reduction="none", label_smoothing=cfg.loss.label_smoothing
-                    )
-                    loss = (per_sample * class_weight[y]).mean()
-                    scaler.scale(loss / accumulate).backward()
-                has_grad = True
-                sums += torch.tensor(
-                    [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
+def train_one_epoch(
+    ctx: TrainContext, state: TrainState, train_ds: Any, labels: np.ndarray, epoch: int
+) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """One pass over this process's micro-batches; advances ``state.step``.
+
+    Returns the sums ``(weighted loss, correct, samples)`` over every process and this process's
+    skipped files.
+    """
+    from .data.loader import collate, raise_or_skip
+
+    cfg, env, device, opt, scaler = ctx.cfg, ctx.env, ctx.device, ctx.opt, ctx.scaler
+    accumulate, seed = cfg.optim.accumulate, cfg.train.seed
+    total_steps = cfg.optim.epochs * ctx.steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * ctx.steps_per_epoch)
+    min_lr = cfg.optim.lr * cfg.optim.min_lr_ratio
+    train_ds.set_epoch(epoch)
+    batches = epoch_batches(labels, epoch, seed, cfg.loss.balance, cfg.data.batch_size, env, accumulate)
+    loader = DataLoader(
+        train_ds,
+        batch_sampler=batches,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        worker_init_fn=worker_init,
+    )
+    ctx.ddp_model.train()
+    sums = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, correct, samples
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False,
+        disable=not ctx.show_progress, dynamic_ncols=True,
+    )
+    epoch_skipped: list[tuple[int, str]] = []
+    for micro, batch in enumerate(bar):
+        raise_or_skip(batch["errors"], ctx.skip_bad, epoch_skipped)
+        a = micro % accumulate
+        if a == 0:  # first micro-batch of an optimiser step
+            lr = lr_at(state.step, total_steps, warmup_steps, cfg.optim.lr, min_lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            has_grad = False
+        last_micro = a == accumulate - 1
+        x = batch["features" if "features" in batch else "wave"]
+        if x.shape[0] >= 2:  # BatchNorm needs two samples; only unreadable files make a batch smaller
+            x, y = x.to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+            sync = nullcontext() if (last_micro or env.world == 1) else ctx.ddp_model.no_sync()  # DIST
+            with sync:
+                feats = x if "features" in batch else ctx.frontend(x)
+                if cfg.augment.specaugment.enabled:
+                    feats = spec_augment(feats, batch["index"], epoch, seed, cfg.augment.specaugment)
+                with ctx.autocast():
+                    logits = ctx.ddp_model(feats)
+                per_sample = F.cross_entropy(
+                    logits.float(), y, reduction="none", label_smoothing=cfg.loss.label_smoothing
                 )
-            elif env.world > 1:  # every process must join each gradient all-reduce: stop cleanly instead
-                raise NcdetectError(
-                    f"a batch of process {env.rank} has {x.shape[0]} readable file(s) left; remove the "
-                    "unreadable files from the manifest for distributed training"
-                )
-            if last_micro:
-                step += 1  # the schedule advances even over a step whose files were all unreadable
-                if not has_grad:
-                    continue
-                if cfg.optim.grad_clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", lr=f"{lr:.2e}")
-        bar.close()
-        all_reduce_sum(sums, env)
-        train_seconds = time.perf_counter() - t_epoch
-        skipped.extend(all_gather_list(epoch_skipped, env))
+                loss = (per_sample * ctx.class_weight[y]).mean()
+                scaler.scale(loss / accumulate).backward()
+            has_grad = True
+            sums += torch.tensor(
+                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
+            )
+        elif env.world > 1:  # every process must join each gradient all-reduce: stop cleanly instead
+            raise NcdetectError(
+                f"a batch of process {env.rank} has {x.shape[0]} readable file(s) left; remove the "
+                "unreadable files from the manifest for distributed training"
+            )
+        if last_micro:
+            state.step += 1  # the schedule advances even over a step whose files were all unreadable
+            if not has_grad:
+                continue
+            if cfg.optim.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    all_reduce_sum(sums, env)
+    return sums, epoch_skipped
 
-        # ---- dev EER: each process scores a strided share; the sums give every process all scores
-        dev_eer = threshold = None
-        if dev_ds is not None:
-            share = range(env.rank, len(dev_ds), env.world)
-            scores = torch.zeros(len(dev_ds), dtype=torch.float64)
-            seen = torch.zeros(len(dev_ds), dtype=torch.float64)
-            local_skipped: list[tuple[int, str]] = []
-            for idx, logit, _ in infer_batches(
-                frontend, model, dev_ds, share, batch_size=cfg.data.batch_size, device=device,
-                skip_bad=skip_bad, skipped=local_skipped, num_workers=cfg.data.num_workers,
-                progress=env.is_main and progress, desc="dev",
-            ):
-                scores[idx] = torch.from_numpy((logit[:, 1] - logit[:, 0]).astype(np.float64))
-                seen[idx] = 1.0
-            all_reduce_sum(scores, env)
-            all_reduce_sum(seen, env)
-            for item in all_gather_list(local_skipped, env):
-                if item not in dev_skipped:
-                    dev_skipped.append(item)
-            ok = seen.numpy() > 0
-            dev_labels = dev_ds.labels[ok]
-            s = scores.numpy()[ok]
-            if (dev_labels == 1).any() and (dev_labels == 0).any():
-                dev_eer, threshold = compute_eer(s[dev_labels == 1], s[dev_labels == 0])
 
-        # ---- selection, early stopping, record
-        improved = dev_eer is not None and (best["dev_eer"] is None or dev_eer < best["dev_eer"])
-        if cfg.train.select_by == "last" or dev_ds is None or improved:
-            best = {"epoch": epoch + 1, "dev_eer": dev_eer, "threshold": threshold}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        seconds = time.perf_counter() - t_epoch
-        n_seen = int(sums[2])
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(sums[0] / max(n_seen, 1)),
-            "train_acc": float(sums[1] / max(n_seen, 1)),
-            "dev_eer": dev_eer,
-            "dev_threshold": threshold,
-            "lr": float(opt.param_groups[0]["lr"]),
-            "seconds": round(seconds, 3),
-            "samples_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
-            "samples": n_seen,
-        }
-        history.append(record)
-        dev_txt = f"dev EER {dev_eer:.2f}%" if dev_eer is not None else "no dev"
-        log(
-            f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {record['train_loss']:.4f} "
-            f"acc {record['train_acc']:.3f} "
-            f"{dev_txt} lr {record['lr']:.2e} {seconds:.1f}s {record['samples_per_s']:.1f} samples/s"
-            + (" *" if best["epoch"] == epoch + 1 and dev_ds is not None else "")
-        )
+def validate(ctx: TrainContext, state: TrainState, dev_ds: Any) -> tuple[float | None, float | None]:
+    """Dev EER and its threshold: each process scores a strided share; the sums give every process all
+    scores. Unreadable dev files go to ``state.dev_skipped`` (once each over the epochs)."""
+    from .evaluate import compute_eer
+    from .score import infer_batches
 
-        if env.is_main:
-            rng_tensors, rng_meta = _rng_state()
-            opt_tensors, opt_meta = _optimizer_state(opt)
-            tensors = {**_prefixed("model.", model.state_dict()), **opt_tensors, **rng_tensors}
-            if best_state is not None:
-                tensors.update(_prefixed("best.", best_state))
-            meta = {
-                "epoch": epoch + 1, "step": step, "history": history, "best": best, "bad_epochs": bad_epochs,
-                "optimizer": opt_meta, "scaler": scaler.state_dict(), "rng": rng_meta,
-                "skipped": skipped, "dev_skipped": dev_skipped, "config": cfg.to_dict(),
-            }
-            save_checkpoint(out, tensors, meta)
-        barrier(env)
-    stopped_early = bool(history) and history[-1]["epoch"] < cfg.optim.epochs
+    env = ctx.env
+    share = range(env.rank, len(dev_ds), env.world)
+    scores = torch.zeros(len(dev_ds), dtype=torch.float64)
+    seen = torch.zeros(len(dev_ds), dtype=torch.float64)
+    local_skipped: list[tuple[int, str]] = []
+    for idx, logit, _ in infer_batches(
+        ctx.frontend, ctx.model, dev_ds, share, batch_size=ctx.cfg.data.batch_size, device=ctx.device,
+        skip_bad=ctx.skip_bad, skipped=local_skipped, num_workers=ctx.cfg.data.num_workers,
+        progress=ctx.show_progress, desc="dev",
+    ):
+        scores[idx] = torch.from_numpy((logit[:, 1] - logit[:, 0]).astype(np.float64))
+        seen[idx] = 1.0
+    all_reduce_sum(scores, env)
+    all_reduce_sum(seen, env)
+    for item in all_gather_list(local_skipped, env):
+        if item not in state.dev_skipped:
+            state.dev_skipped.append(item)
+    ok = seen.numpy() > 0
+    dev_labels = dev_ds.labels[ok]
+    s = scores.numpy()[ok]
+    if (dev_labels == 1).any() and (dev_labels == 0).any():
+        return compute_eer(s[dev_labels == 1], s[dev_labels == 0])
+    return None, None
 
-    # ---- the selected model and the record of the run
-    metrics = {
+
+def select_model(
+    state: TrainState, model: nn.Module, epoch: int, dev_eer: float | None, threshold: float | None,
+    select_by: str, has_dev: bool,
+) -> None:
+    """Keep this epoch's weights when it is the best so far (or always, without dev or by ``last``);
+    otherwise count one more epoch without improvement for early stopping."""
+    best = state.best["dev_eer"]
+    improved = dev_eer is not None and (best is None or dev_eer < best)
+    if select_by == "last" or not has_dev or improved:
+        state.best = {"epoch": epoch + 1, "dev_eer": dev_eer, "threshold": threshold}
+        state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+
+
+def epoch_record(
+    epoch: int, sums: torch.Tensor, dev_eer: float | None, threshold: float | None, lr: float,
+    seconds: float, train_seconds: float,
+) -> dict[str, Any]:
+    n_seen = int(sums[2])
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(sums[0] / max(n_seen, 1)),
+        "train_acc": float(sums[1] / max(n_seen, 1)),
+        "dev_eer": dev_eer,
+        "dev_threshold": threshold,
+        "lr": lr,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(n_seen / max(train_seconds, 1e-9), 2),
+        "samples": n_seen,
+    }
+
+
+def _start_message(ctx: TrainContext, data: TrainData) -> str:
+    counts, dev_df, amp = data.counts, data.dev_df, ctx.amp_dtype
+    n_params = sum(p.numel() for p in ctx.model.parameters())
+    global_batch = ctx.cfg.data.batch_size * ctx.env.world * ctx.cfg.optim.accumulate
+    return (
+        f"training {ctx.cfg.model.name} ({n_params / 1e6:.2f} M parameters) on {len(data.train_df)} "
+        f"utterances ({counts[1]} bonafide, {counts[0]} spoof), "
+        f"dev {len(dev_df) if dev_df is not None else 'none'}; "
+        f"device {ctx.device}, {ctx.env.world} process(es), global batch {global_batch}, "
+        f"amp {str(amp).replace('torch.', '') if amp else 'off'}"
+    )
+
+
+def _epoch_message(record: dict[str, Any], seconds: float, epochs: int, marked: bool) -> str:
+    dev_txt = f"dev EER {record['dev_eer']:.2f}%" if record["dev_eer"] is not None else "no dev"
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} "
+        f"acc {record['train_acc']:.3f} "
+        f"{dev_txt} lr {record['lr']:.2e} {seconds:.1f}s {record['samples_per_s']:.1f} samples/s"
+        + (" *" if marked else "")
+    )
+
+
+def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict[str, Any]:
+    cfg, dev_df, counts = ctx.cfg, data.dev_df, data.counts
+    stopped_early = bool(state.history) and state.history[-1]["epoch"] < cfg.optim.epochs
+    return {
         "finished": True,
         "model": cfg.model.name,
-        "epochs": history,
-        "best_epoch": best["epoch"],
-        "dev_eer_at_best": best["dev_eer"],
-        "dev_threshold_at_best": best["threshold"],
-        "selected_by": "dev_eer" if (dev_ds is not None and cfg.train.select_by == "dev_eer") else "last",
+        "epochs": state.history,
+        "best_epoch": state.best["epoch"],
+        "dev_eer_at_best": state.best["dev_eer"],
+        "dev_threshold_at_best": state.best["threshold"],
+        "selected_by": "dev_eer" if (dev_df is not None and cfg.train.select_by == "dev_eer") else "last",
         "stopped_early": stopped_early,
-        "n_train": len(train_df),
+        "n_train": len(data.train_df),
         "n_train_bonafide": int(counts[1]),
         "n_train_spoof": int(counts[0]),
         "n_dev": len(dev_df) if dev_df is not None else 0,
-        "skipped": len({i for i, _ in skipped}),
-        "dev_skipped": len({i for i, _ in dev_skipped}),
-        "world_size": env.world,
-        "global_batch": global_batch,
-        "device": str(device),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
+        "skipped": len({i for i, _ in state.skipped}),
+        "dev_skipped": len({i for i, _ in state.dev_skipped}),
+        "world_size": ctx.env.world,
+        "global_batch": cfg.data.batch_size * ctx.env.world * cfg.optim.accumulate,
+        "device": str(ctx.device),
+        "amp": str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype is not None else "off",
     }
+
+
+def write_run(
+    ctx: TrainContext, state: TrainState, data: TrainData, out: Path, metrics: dict[str, Any], log: RunLog
+) -> None:
+    """The selected model, the skipped-file records and metrics.json; the checkpoint goes (main process)."""
+    from .data.dataset import write_skipped
+    from .runs import save_weights
+
+    best_state = state.best_state if state.best_state is not None else ctx.model.state_dict()
+    save_weights(best_state, out / MODEL_FILE, model_name=ctx.cfg.model.name)
+    if ctx.skip_bad:  # written even when empty: a record that nothing was left out
+        write_skipped(sorted(set(state.skipped)), out, data.train_df)
+        if data.dev_df is not None:
+            write_skipped(sorted(set(state.dev_skipped)), out / "dev_skipped", data.dev_df)
+    write_json(out / METRICS_FILE, metrics)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    best = state.best
+    sel = (
+        f"epoch {best['epoch']} (dev EER {best['dev_eer']:.2f}%)" if best["dev_eer"] is not None
+        else f"last epoch ({best['epoch']})"
+    )
+    log(f"done: kept {sel}; wrote {out / MODEL_FILE}")
+
+
+# --- the training run --------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig,
+    train_manifest: str | Path,
+    out: str | Path,
+    dev_manifest: str | Path | None = None,
+    resume: bool = False,
+    skip_bad: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one detector; returns the metrics also written to ``out/metrics.json``.
+
+    An existing run folder is only continued with ``resume`` (from its last completed epoch; a finished
+    run is returned as is) and only replaced with ``force``; otherwise it is an error.
+    """
+    from .runs import build_frontend, build_model, resolve_device
+
+    out = Path(out)
+    env = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, env.local_rank)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    # The global RNGs (model init, dropout); data randomness is keyed by (seed, epoch, index).
+    seed = cfg.train.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    # Everything that can be wrong with the inputs fails here, before the run folder is touched.
+    data = read_train_data(train_manifest, dev_manifest)
+    frontend = build_frontend(cfg).to(device)
+    model = build_model(cfg, frontend.n_features)
+    steps_per_epoch = _steps_per_epoch(cfg, env, len(data.train_df), train_manifest)
+
+    finished = prepare_run_folder(out, env, resume, force)
+    if finished is not None:
+        return finished
+    checkpoint = load_own_checkpoint(out, cfg) if resume else None
+    log = RunLog(out / "train.log" if env.is_main else None, echo=env.is_main)
     if env.is_main:
-        if best_state is None:
-            best_state = model.state_dict()
-        save_weights(best_state, out / "model.safetensors", model_name=cfg.model.name)
-        if skip_bad:  # written even when empty: a record that nothing was left out
-            write_skipped(sorted(set(skipped)), out, train_df)
-            if dev_df is not None:
-                write_skipped(sorted(set(dev_skipped)), out / "dev_skipped", dev_df)
-        write_json(out / "metrics.json", metrics)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        sel = (
-            f"epoch {best['epoch']} (dev EER {best['dev_eer']:.2f}%)" if best["dev_eer"] is not None
-            else f"last epoch ({best['epoch']})"
-        )
-        log(f"done: kept {sel}; wrote {out / 'model.safetensors'}")
+        write_yaml(out / CONFIG_FILE, cfg.to_dict())
+    train_ds, dev_ds = build_datasets(cfg, data, frontend, out, env, device, progress)
+    ctx = build_context(cfg, env, device, frontend, model, data, steps_per_epoch, skip_bad, progress)
+    if checkpoint is not None:
+        state = TrainState.from_checkpoint(checkpoint, model, ctx.opt, ctx.scaler)
+        log(f"resuming from epoch {state.epoch} of {cfg.optim.epochs} ({out / CHECKPOINT_DIR})")
+    else:
+        state = TrainState()
+        if env.is_main:
+            log(_start_message(ctx, data))
+
+    for epoch in range(state.epoch, cfg.optim.epochs):
+        if state.bad_epochs >= (cfg.train.patience or math.inf):
+            log(f"early stop: no dev-EER improvement for {state.bad_epochs} epochs")
+            break
+        t_epoch = time.perf_counter()
+        sums, epoch_skipped = train_one_epoch(ctx, state, train_ds, data.labels, epoch)
+        train_seconds = time.perf_counter() - t_epoch
+        state.skipped.extend(all_gather_list(epoch_skipped, env))
+        dev_eer, threshold = validate(ctx, state, dev_ds) if dev_ds is not None else (None, None)
+        select_model(state, model, epoch, dev_eer, threshold, cfg.train.select_by, dev_ds is not None)
+        seconds = time.perf_counter() - t_epoch
+        record = epoch_record(epoch, sums, dev_eer, threshold, float(ctx.opt.param_groups[0]["lr"]),
+                              seconds, train_seconds)
+        state.history.append(record)
+        state.epoch = epoch + 1
+        marked = state.best["epoch"] == epoch + 1 and dev_ds is not None
+        log(_epoch_message(record, seconds, cfg.optim.epochs, marked))
+        if env.is_main:
+            save_checkpoint(out, *state.to_checkpoint(model, ctx.opt, ctx.scaler, cfg.to_dict()))
+        barrier(env)
+
+    metrics = final_metrics(ctx, state, data)
+    if env.is_main:
+        write_run(ctx, state, data, out, metrics, log)
     barrier(env)
     return metrics
+
+
+def _steps_per_epoch(cfg: TrainConfig, env: DistEnv, n_train: int, train_manifest: str | Path) -> int:
+    global_batch = cfg.data.batch_size * env.world * cfg.optim.accumulate
+    steps = n_train // global_batch
+    if steps == 0:
+        raise ConfigError(
+            f"{train_manifest}: {n_train} training utterances are fewer than one global batch of "
+            f"{global_batch} (data.batch_size x processes x optim.accumulate); lower data.batch_size"
+        )
+    return steps
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -805,8 +801,3 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp: fp16 needs CUDA; on CPU use bf16 or off")
     return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _worker_init(_: int) -> None:
-    # A worker decodes one file at a time; more intra-op threads would only oversubscribe the cores.
-    torch.set_num_threads(1)

@@ -9,6 +9,15 @@ Layout of ``<root>/<key>/`` (the key is a hash, see :func:`cache_key`):
 * ``index.csv``: ``utt_id, path, label, valid_frames, error``: the frames covered by real audio
   (before tile-padding) and the one-line error of each utterance that could not be used.
 * ``meta.json``: key, front-end config, shapes, dtype; written last.
+* ``variants.npy`` (with codec augmentation, ``augment.codec``): ``(N, K, F, T_cache)``, the front-end
+  output of K codec/channel-augmented copies of each window (:mod:`ncdetect.data.codec_augment`),
+  rendered here once. ``CachedFeatureDataset(train=True)`` reads one of them per epoch with probability
+  ``p`` (drawn per seed, epoch and utterance), the clean window otherwise.
+
+A frozen front-end that is expensive (the Whisper encoder) is what the cache is for: it runs once per
+utterance and window (and copy), and later epochs cost a memory-mapped read, as for log-mel. A front-end
+may name its preferred ``cache_dtype`` (Whisper: ``float16``) and a ``cache_identity`` (the config plus
+what it loads, such as the model file's size and time) for the key.
 
 The cache holds a window ``crop_factor`` times longer than the training window (1.5 by default), so
 training still draws random crops, along frames, within the real audio of that longer window
@@ -46,10 +55,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..config import CodecAugmentConfig
 from ..errors import NcdetectError
 from ..fileio import ensure_writable_dir, open_npy_for_writing, reporting_write_errors, write_json
 from .audio import SAMPLE_RATE, WINDOW_SAMPLES
-from .dataset import AudioDataset, _EpochMixin, item_rng, make_loader
+from .dataset import AudioDataset
+from .loader import EpochMixin, item_rng, make_loader
 
 CACHE_VERSION = 1
 DTYPES = ("float32", "float16")
@@ -71,12 +82,15 @@ def cache_key(
     dtype: str = "float32",
     trim_silence: bool = False,
     sample_rate: int = SAMPLE_RATE,
+    codec: dict[str, Any] | None = None,
 ) -> str:
     """A hex digest naming the cache for these settings and these files as they are on disk now."""
     h = hashlib.sha256()
     settings = dict(version=CACHE_VERSION, frontend=frontend_config, num_samples=int(num_samples),
                     window_samples=int(window_samples), dtype=dtype, trim_silence=bool(trim_silence),
                     sample_rate=int(sample_rate))
+    if codec is not None:  # absent otherwise, so caches built before codec augmentation keep their keys
+        settings["codec"] = codec
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     utts = manifest["utt_id"].astype(str) if "utt_id" in manifest.columns else pd.Series([""] * len(manifest))
     for utt, path in zip(utts, manifest["path"].astype(str), strict=True):
@@ -89,7 +103,9 @@ class FeatureCache:
     """The cache of ``frontend`` over ``manifest``; :meth:`build` it once, then take :meth:`dataset`.
 
     ``crop_factor`` (>= 1) sets the cached window, ``round(num_samples * crop_factor)`` samples; use 1
-    for evaluation-only caches.
+    for evaluation-only caches. ``dtype`` None: the front-end's ``cache_dtype``, else float32.
+    ``codec`` (an enabled :class:`~ncdetect.config.CodecAugmentConfig`): also render its K augmented
+    copies of every window; training audio only.
     """
 
     def __init__(
@@ -99,10 +115,13 @@ class FeatureCache:
         manifest: pd.DataFrame,
         num_samples: int = WINDOW_SAMPLES,
         crop_factor: float = 1.5,
-        dtype: str = "float32",
+        dtype: str | None = None,
         trim_silence: bool = False,
         sample_rate: int = SAMPLE_RATE,
+        codec: CodecAugmentConfig | None = None,
     ) -> None:
+        if dtype is None:
+            dtype = getattr(frontend, "cache_dtype", "float32")
         if dtype not in DTYPES:
             raise NcdetectError(f"feature cache dtype must be one of {DTYPES}, not {dtype!r}")
         if crop_factor < 1:
@@ -118,8 +137,10 @@ class FeatureCache:
         self.frames = int(frontend.num_frames(self.num_samples))
         self.cache_frames = int(frontend.num_frames(self.window_samples))
         self.n_features = int(frontend.n_features)
-        self.key = cache_key(frontend.config, self.manifest, self.num_samples, self.window_samples, dtype,
-                             self.trim_silence, self.sample_rate)
+        self.codec = codec if codec is not None and codec.enabled else None
+        self.key = cache_key(getattr(frontend, "cache_identity", frontend.config), self.manifest,
+                             self.num_samples, self.window_samples, dtype, self.trim_silence,
+                             self.sample_rate, self.codec.model_dump(mode="json") if self.codec else None)
         self.path = self.root / self.key
 
     @property
@@ -165,6 +186,15 @@ class FeatureCache:
         n = len(self.manifest)
         shape = (n, self.n_features, self.cache_frames)
         feats = open_npy_for_writing(tmp / "features.npy", self.dtype, shape, name=self.path / "features.npy")
+        variants = None
+        if self.codec is not None:
+            from .codec_augment import draw_variant, render, utterance_key
+
+            k = self.codec.variants
+            variants = open_npy_for_writing(tmp / "variants.npy", self.dtype, (n, k, *shape[1:]),
+                                            name=self.path / "variants.npy")
+            utt_ids = (self.manifest["utt_id"].astype(str).tolist() if "utt_id" in self.manifest.columns
+                       else [""] * n)
         valid = np.zeros(n, dtype=np.int64)
         errors = [""] * n
         ds = AudioDataset(self.manifest, num_samples=self.window_samples, train=False,
@@ -184,10 +214,24 @@ class FeatureCache:
                 for j in np.flatnonzero(~finite):
                     errors[idx[j]] = f"{ds.paths[idx[j]]}: front-end output is not finite"
                 feats[idx] = out.astype(self.dtype)
+                if variants is not None:
+                    waves = batch["wave"].numpy()
+                    draws = [draw_variant(self.codec, utterance_key(utt_ids[i], ds.paths[i]), j)
+                             for i in idx for j in range(k)]
+                    copies = render([w for w in waves for _ in range(k)], draws)
+                    wave_copies = torch.from_numpy(np.stack(copies)).to(device)
+                    aug = frontend(wave_copies)[:, 0].float().cpu().numpy()
+                    aug = aug.reshape(len(idx), k, *aug.shape[1:])
+                    for j in np.flatnonzero(~np.isfinite(aug).all(axis=(1, 2, 3))):
+                        errors[idx[j]] = f"{ds.paths[idx[j]]}: front-end output of a codec copy is not finite"
+                    variants[idx] = aug.astype(self.dtype)
                 lengths = batch["length"].numpy()
                 valid[idx] = [min(self.cache_frames, self.frontend.num_frames(int(m))) for m in lengths]
         feats.flush()
         del feats
+        if variants is not None:
+            variants.flush()
+            del variants
         index = pd.DataFrame({
             "utt_id": self.manifest["utt_id"].astype(str) if "utt_id" in self.manifest.columns else "",
             "path": ds.paths,
@@ -201,6 +245,7 @@ class FeatureCache:
             window_samples=self.window_samples, frames=self.frames, cache_frames=self.cache_frames,
             n_features=self.n_features, n_items=n, dtype=self.dtype, trim_silence=self.trim_silence,
             sample_rate=self.sample_rate, n_errors=sum(1 for e in errors if e),
+            codec=self.codec.model_dump(mode="json") if self.codec else None,
         ))
 
     def _remove_dead_builds(self) -> None:
@@ -221,11 +266,13 @@ class FeatureCache:
         return CachedFeatureDataset(self.path, train=train, seed=seed)
 
 
-class CachedFeatureDataset(_EpochMixin, Dataset):
+class CachedFeatureDataset(EpochMixin, Dataset):
     """Items ``dict(features=Tensor[1, F, frames] | None, label, index, error)`` from a built cache.
 
     ``train=True``: a crop of ``frames`` frames starting at a random frame in
     ``[0, valid_frames - frames]`` per (seed, epoch, index); eval: the first ``frames`` frames.
+    A cache with codec copies: in training, with probability ``p`` the crop is taken from one of the K
+    copies (uniformly, per seed, epoch and index) instead of the clean window; eval reads the clean one.
     The memory map is opened lazily in each process, so workers share the page cache instead of
     receiving a pickled copy of the features.
     """
@@ -260,6 +307,13 @@ class CachedFeatureDataset(_EpochMixin, Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self._features: np.ndarray | None = None
+        self._variants: np.ndarray | None = None
+        codec = self.meta.get("codec")
+        self.n_variants = int(codec["variants"]) if codec else 0
+        self.p_variant = float(codec["p"]) if codec else 0.0
+        if self.n_variants and not (self.cache_dir / "variants.npy").is_file():
+            raise NcdetectError(f"{self.cache_dir}: meta.json names codec copies but variants.npy is "
+                                "missing; delete the folder to rebuild it")
         self._init_epoch()
 
     @property
@@ -268,9 +322,26 @@ class CachedFeatureDataset(_EpochMixin, Dataset):
             self._features = np.load(self.cache_dir / "features.npy", mmap_mode="r")
         return self._features
 
+    @property
+    def variants(self) -> np.ndarray:
+        if self._variants is None:
+            self._variants = np.load(self.cache_dir / "variants.npy", mmap_mode="r")
+        return self._variants
+
+    def variant_of(self, index: int, epoch: int | None = None) -> int:
+        """The copy a training epoch reads for ``index``: 0 = the clean window, 1..K = codec copies."""
+        if not (self.train and self.n_variants):
+            return 0
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, int(index), 0xC0DEC])
+        if rng.random() >= self.p_variant:
+            return 0
+        return 1 + int(rng.integers(self.n_variants))
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_features"] = None
+        state["_variants"] = None
         return state
 
     def __len__(self) -> int:
@@ -285,6 +356,8 @@ class CachedFeatureDataset(_EpochMixin, Dataset):
         if self.train:
             span = max(0, int(self.valid_frames[index]) - self.frames)
             start = int(item_rng(self.seed, self.epoch, index).integers(0, span + 1))
-        window = np.array(self.features[index, :, start : start + self.frames], dtype=np.float32)
+        variant = self.variant_of(index)
+        source = self.features[index] if variant == 0 else self.variants[index, variant - 1]
+        window = np.array(source[:, start : start + self.frames], dtype=np.float32)
         return dict(features=torch.from_numpy(window).unsqueeze(0), label=label, index=index, error=None)
 

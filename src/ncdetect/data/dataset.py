@@ -1,72 +1,43 @@
-"""The torch dataset over a manifest, its collate function and the bad-file policy.
+"""The torch dataset over a manifest and the record of skipped files.
 
 ``AudioDataset`` never raises inside a DataLoader worker: an unusable file comes back as an item with
-``wave=None`` and ``error="path: reason"``; :func:`collate` removes it from the batch tensors and lists
-it in ``batch["errors"]``; the training or scoring loop then calls :func:`raise_or_skip`, which stops
-with that one-line error unless the user asked to skip bad files, and :func:`write_skipped` records
-what was skipped. Nothing is dropped silently.
+``wave=None`` and ``error="path: reason"``; :func:`~ncdetect.data.loader.collate` removes it from the
+batch tensors and lists it in ``batch["errors"]``; the training or scoring loop then calls
+:func:`~ncdetect.data.loader.raise_or_skip`, which stops with that one-line error unless the user asked
+to skip bad files, and :func:`write_skipped` records what was skipped. Nothing is dropped silently.
 
 Randomness is a pure function of ``(seed, epoch, index)``, so the crops of an epoch are the same
 whatever the number of workers or their scheduling, and a resumed run sees the crops it would have
 seen. The epoch lives in shared memory, so ``set_epoch`` reaches persistent workers too (call it
 before iterating the loader for that epoch).
 
-The feature cache (:class:`FeatureCache`, :class:`CachedFeatureDataset`) lives in
-:mod:`ncdetect.data.cache` and is importable from here.
+The loader pieces shared with the feature cache live in :mod:`ncdetect.data.loader`; the feature cache
+(:class:`FeatureCache`, :class:`CachedFeatureDataset`) in :mod:`ncdetect.data.cache`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from ..errors import AudioError, NcdetectError
+from ..errors import AudioError
 from ..fileio import atomic_path
 from .audio import SAMPLE_RATE, WINDOW_SAMPLES, load_audio, load_crop, tile_pad
 from .audio import random_crop as _random_crop
 from .audio import trim_silence as _trim_silence
+from .loader import EpochMixin, item_rng
 from .manifest import label_ids
 
-log = logging.getLogger("ncdetect")
-
-__all__ = [
-    "AudioDataset",
-    "EpochShuffleSampler",
-    "collate",
-    "item_rng",
-    "make_loader",
-    "raise_or_skip",
-    "write_skipped",
-]
+__all__ = ["AudioDataset", "write_skipped"]
 
 
-def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator for one item in one epoch: independent of workers and of the order of reads."""
-    return np.random.default_rng([int(seed), int(epoch), int(index)])
-
-
-class _EpochMixin:
-    """A shared-memory epoch counter: a plain attribute would be frozen in each persistent worker."""
-
-    def _init_epoch(self) -> None:
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-
-class AudioDataset(_EpochMixin, Dataset):
+class AudioDataset(EpochMixin, Dataset):
     """Utterances of a manifest as fixed-length 16 kHz waves.
 
     ``train=True``: a random crop of ``num_samples`` per (seed, epoch, index). Only the crop is read
@@ -143,35 +114,6 @@ class AudioDataset(_EpochMixin, Dataset):
         return np.ascontiguousarray(tile_pad(x, n)), min(len(x), n)
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good items; bad ones are left out of the tensors and listed in ``errors``.
-
-    Returns ``dict(wave | features = Tensor[B, ...], label = Tensor[B], index = Tensor[B],
-    errors = [(index, message), ...])`` (and ``length`` when the items carry it). When every item is
-    bad, the data tensor has shape ``(0,)`` and ``label`` is empty.
-    """
-    key = "features" if items and "features" in items[0] else "wave"
-    good = [it for it in items if it["error"] is None]
-    batch: dict[str, Any] = {
-        key: torch.stack([it[key] for it in good]) if good else torch.empty(0),
-        "label": torch.tensor([it["label"] for it in good], dtype=torch.int64),
-        "index": torch.tensor([it["index"] for it in good], dtype=torch.int64),
-        "errors": [(int(it["index"]), str(it["error"])) for it in items if it["error"] is not None],
-    }
-    if items and "length" in items[0]:
-        batch["length"] = torch.tensor([it["length"] for it in good], dtype=torch.int64)
-    return batch
-
-
-def raise_or_skip(errors: Sequence[tuple[int, str]], skip_bad: bool, skipped: list[tuple[int, str]]) -> None:
-    """Stop at the first bad file unless ``skip_bad``; otherwise log it and append it to ``skipped``."""
-    for index, message in errors:
-        if not skip_bad:
-            raise NcdetectError(f"{message} (use --skip-bad to skip unreadable files)")
-        log.warning("skipping %s", message)
-        skipped.append((int(index), str(message)))
-
-
 def write_skipped(
     skipped: Sequence[tuple[int, str]], out_dir: str | Path, manifest: pd.DataFrame | None = None
 ) -> Path:
@@ -198,67 +140,3 @@ def write_skipped(
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return out
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation drawn from ``(seed, epoch)``; the epoch is the dataset's (``set_epoch``), so a
-    resumed run replays the same order."""
-
-    def __init__(self, dataset: Any, seed: int = 0) -> None:
-        self.dataset = dataset
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = int(getattr(self.dataset, "epoch", 0))
-        rng = np.random.default_rng([self.seed, epoch, 0x5EED])
-        return iter(rng.permutation(len(self.dataset)).tolist())
-
-
-def _worker_init(_: int) -> None:
-    # Each worker decodes one file at a time; intra-op threads would only oversubscribe the cores.
-    torch.set_num_threads(1)
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool = False,
-    num_workers: int = 0,
-    sampler: Sampler | None = None,
-    seed: int = 0,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader with :func:`collate`, persistent workers, and pinned memory only when CUDA is there.
-
-    ``shuffle`` (without a ``sampler``) uses :class:`EpochShuffleSampler`: call
-    ``dataset.set_epoch(epoch)`` before each epoch. A given ``sampler`` (e.g. DistributedSampler or a
-    weighted sampler) is used as is.
-    """
-    if sampler is None and shuffle:
-        sampler = EpochShuffleSampler(dataset, seed)
-    workers = max(0, int(num_workers))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False if sampler is not None else None,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
-    )
-
-
-def __getattr__(name: str) -> Any:
-    # The cache module imports this one; resolve its names lazily to avoid an import cycle.
-    if name in ("FeatureCache", "CachedFeatureDataset"):
-        from . import cache
-
-        return getattr(cache, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
