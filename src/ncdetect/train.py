@@ -425,7 +425,8 @@ def build_datasets(
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "feature_cache"
         cache = FeatureCache(
-            cache_dir, frontend, data.train_df, num_samples=n, trim_silence=cfg.data.trim_silence
+            cache_dir, frontend, data.train_df, num_samples=n, trim_silence=cfg.data.trim_silence,
+            codec=cfg.augment.codec,  # codec copies of the training audio only (dev reads audio below)
         )
         build = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, device=device,
                      progress=env.is_main and progress)
