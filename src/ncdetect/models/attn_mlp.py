@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import register_model
 from .base import SpoofModel, check_float, check_int
+from .registry import register_model
 
 
 class FrameMLP(nn.Module):

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register_model
 from .base import DropPath, SpoofModel, check_float, check_ints
+from .registry import register_model
 
 
 class LayerNorm2d(nn.LayerNorm):

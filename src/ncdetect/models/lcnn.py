@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import register_model
 from .base import SpoofModel, check_int
+from .registry import register_model
 
 
 class MFM(nn.Module):

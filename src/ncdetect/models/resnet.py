@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import register_model
 from .base import SpoofModel, check_int, check_ints
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):
