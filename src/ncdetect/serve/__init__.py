@@ -23,14 +23,14 @@ API_KEY_ENV = "NCDETECT_API_KEY"
 
 
 def _require_extra() -> None:
-    try:
-        import fastapi  # noqa: F401
-        import multipart  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise NcdetectError(
-            f"ncdetect serve needs the serve extra ({err.name} is missing): pip install 'ncdetect[serve]'"
-        ) from None
+    from importlib.util import find_spec
+
+    # python-multipart is imported as python_multipart since 0.0.13 and as multipart before.
+    for names in (("fastapi",), ("uvicorn",), ("python_multipart", "multipart")):
+        if not any(find_spec(n) for n in names):
+            raise NcdetectError(
+                f"ncdetect serve needs the serve extra ({names[0]} is missing): pip install 'ncdetect[serve]'"
+            )
 
 
 def is_local(host: str) -> bool:

@@ -82,7 +82,7 @@ class Guard:
         return secrets.compare_digest(given.encode(), self.api_key.encode())  # type: ignore[union-attr]
 
     def _too_large(self) -> str:
-        return f"upload larger than the limit of {self.max_bytes / 2**20:g} MB (--max-upload-mb)"
+        return f"upload larger than the limit of {round(self.max_bytes / 2**20, 3):g} MB (--max-upload-mb)"
 
 
 async def _json(send: Send, status: int, body: Any, headers: dict[str, str]) -> None:
