@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ncdetect-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv debian-deps demo demo-quick test test-fast bench lint clean
+.PHONY: venv debian-deps demo demo-quick test test-fast fuzz bench lint clean
 
 venv: $(STAMP)
 
@@ -32,11 +32,16 @@ demo: venv debian-deps
 demo-quick: venv debian-deps
 	$(BIN)/ncdetect demo --quick --out $(DEMO_OUT)-quick
 
+# Hypothesis profiles (tests/conftest.py): `test` draws the same examples on every run; `fuzz` runs the
+# property tests only, with 25x their examples and fresh random seeds (failures kept in .hypothesis/).
 test: venv debian-deps
-	$(BIN)/python -m pytest
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow"
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -m "not slow"
+
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m hypothesis --hypothesis-show-statistics
 
 bench: venv debian-deps
 	$(BIN)/python benchmarks/run_all.py

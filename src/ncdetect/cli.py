@@ -142,7 +142,7 @@ def train_cmd(
     cfg = load_config(config, set_)
     metrics = train(
         cfg, train_manifest, out, dev_manifest=dev, resume=resume, skip_bad=skip_bad, force=force,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         best = metrics["dev_eer_at_best"]
@@ -174,7 +174,7 @@ def embed_cmd(
 
     path = embed_manifest(
         run, manifest, out, batch_size=batch_size, skip_bad=skip_bad, device=device,
-        num_workers=num_workers, progress=sys.stderr.isatty(),
+        num_workers=num_workers, progress=True,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(path / "embeddings.npy")
@@ -234,7 +234,7 @@ def collapse_cmd(
 
     es = load_embeddings(emb, require_head=False)
     try:
-        metrics = nc_metrics(es.embeddings, es.labels, es.W, es.b, progress=sys.stderr.isatty())
+        metrics = nc_metrics(es.embeddings, es.labels, es.W, es.b, progress=True)
     except NcdetectError as err:
         raise NcdetectError(f"{es.path}: {err}") from None
     if as_json:
@@ -320,7 +320,7 @@ def score_cmd(
 
     df = score_manifest(
         run, manifest, out, batch_size=batch_size, skip_bad=skip_bad, device=device,
-        num_workers=num_workers, progress=sys.stderr.isatty(),
+        num_workers=num_workers, progress=True,
     )
     typer.echo(f"{out}: {len(df)} scores")
 
@@ -400,7 +400,7 @@ def evaluate_cmd(
     df = ev.read_scores(scores)
     asv = ev.read_asv_scores(asv_scores) if asv_scores is not None else None
     result = ev.evaluate_scores(
-        df, n_bootstrap=bootstrap, seed=seed, asv=asv, source=scores, progress=sys.stderr.isatty()
+        df, n_bootstrap=bootstrap, seed=seed, asv=asv, source=scores, progress=True
     )
     if plots is not None:
         result["plots"] = {name: str(path) for name, path in ev.write_plots(df, plots).items()}

@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .data.audio import SAMPLE_RATE, load_audio
 from .errors import NcdetectError
+from .progress import progress_bar
 
 FEATURES = ("duration", "rms", "rolloff95", "leading_silence")
 FRAME, HOP, N_FFT = 400, 160, 512
@@ -76,8 +76,8 @@ def trivial_cue_scores(manifest: pd.DataFrame, progress: bool = False) -> pd.Dat
     An unreadable file raises :class:`ncdetect.errors.AudioError` naming it.
     """
     rows = []
-    for row in tqdm(manifest.itertuples(index=False), total=len(manifest), desc="trivial cues",
-                    unit="file", disable=not progress, leave=False):
+    for row in progress_bar(manifest.itertuples(index=False), total=len(manifest), desc="trivial cues",
+                            unit="file", enabled=progress):
         x = load_audio(row.path)
         rows.append({"utt_id": row.utt_id, "label": row.label, "attack": getattr(row, "attack", "-"),
                      **features(x)})

@@ -168,9 +168,9 @@ def bootstrap_eers(
     rng_b, rng_s = (np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2))
     chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // (b.size + s.size))
     out = np.empty(n_bootstrap, dtype=np.float64)
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    with tqdm(total=n_bootstrap, desc="bootstrap", unit="resample", disable=not progress) as bar:
+    with progress_bar(total=n_bootstrap, desc="bootstrap", unit="resample", enabled=progress) as bar:
         for start in range(0, n_bootstrap, chunk):
             reps = min(chunk, n_bootstrap - start)
             # int32 draws are twice as fast as int64 ones; score sets stay far below 2**31.

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .fileio import atomic_path, ensure_writable_dir
+from .progress import progress_bar
 
 SCORE_COLUMNS = ["utt_id", "score", "label", "attack"]
 
@@ -52,7 +52,7 @@ def infer_batches(
         pin_memory=device.type == "cuda",
     )
     model.eval()
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, desc=desc, unit="batch", enabled=progress)
     for batch in bar:
         raise_or_skip(batch["errors"], skip_bad, skipped)
         if batch["wave"].shape[0] == 0:

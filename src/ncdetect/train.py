@@ -33,7 +33,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
@@ -46,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .config import TrainConfig
 from .data.augment import RawBoostDataset, spec_augment
@@ -54,6 +52,7 @@ from .data.loader import worker_init
 from .distributed import DistEnv, all_gather_list, all_reduce_sum, barrier, init_distributed
 from .errors import ConfigError, NcdetectError
 from .fileio import ensure_writable_dir, reporting_write_errors, write_json, write_text, write_yaml
+from .progress import echo, progress_bar
 from .runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 CHECKPOINT_DIR = "checkpoint"
@@ -295,7 +294,7 @@ class RunLog:
                 reason = err.strerror or err
                 raise NcdetectError(f"{self.path}: cannot append to the log ({reason})") from None
         if self.echo:
-            tqdm.write(f"[train] {msg}", file=sys.stderr)
+            echo(f"[train] {msg}")
 
 
 def _run_state(out: Path) -> str:
@@ -510,10 +509,8 @@ def train_one_epoch(
     )
     ctx.ddp_model.train()
     sums = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, correct, samples
-    bar = tqdm(
-        loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch", leave=False,
-        disable=not ctx.show_progress, dynamic_ncols=True,
-    )
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+                       enabled=ctx.show_progress)
     epoch_skipped: list[tuple[int, str]] = []
     for micro, batch in enumerate(bar):
         raise_or_skip(batch["errors"], ctx.skip_bad, epoch_skipped)

@@ -123,9 +123,9 @@ def nc_metrics(
     within = np.empty(n, dtype=np.float64)
     disagree = 0
     w_present = W[present] if W is not None else None
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
-    for start in tqdm(range(0, n, chunk_rows), desc="collapse", unit="chunk", disable=not progress):
+    for start in progress_bar(range(0, n, chunk_rows), desc="collapse", unit="chunk", enabled=progress):
         block = np.asarray(embeddings[start : start + chunk_rows], dtype=np.float64)
         s = slot[labels[start : start + chunk_rows]]
         diff = block - mu[s]

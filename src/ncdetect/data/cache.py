@@ -53,11 +53,11 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..config import CodecAugmentConfig
 from ..errors import NcdetectError
 from ..fileio import ensure_writable_dir, open_npy_for_writing, reporting_write_errors, write_json
+from ..progress import progress_bar
 from .audio import SAMPLE_RATE, WINDOW_SAMPLES
 from .dataset import AudioDataset
 from .loader import EpochMixin, item_rng, make_loader
@@ -203,7 +203,7 @@ class FeatureCache:
         # A copy, so the caller's front-end stays on its device.
         frontend = copy.deepcopy(self.frontend).to(device).eval()
         with torch.no_grad():
-            for batch in tqdm(loader, desc="feature cache", unit="batch", disable=not progress):
+            for batch in progress_bar(loader, desc="feature cache", unit="batch", enabled=progress):
                 for index, message in batch["errors"]:
                     errors[index] = message
                 if batch["label"].numel() == 0:

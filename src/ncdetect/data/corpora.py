@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from ..errors import ConfigError, NcdetectError, ProtocolError
 from ..fileio import ensure_writable_dir
+from ..progress import progress_bar
 from .manifest import COLUMNS, write_manifest
 
 BONAFIDE_ATTACK = "-"
@@ -180,7 +180,7 @@ def _index_audio(folders: Sequence[Path]) -> dict[str, str]:
         if not folder.is_dir():
             continue
         with os.scandir(folder) as entries:
-            listing = tqdm(entries, desc=f"listing {folder.name}", unit=" files", leave=False, disable=None)
+            listing = progress_bar(entries, desc=f"listing {folder.name}", unit="files")
             for entry in listing:
                 if entry.name not in index and entry.is_file():
                     index[entry.name] = entry.path

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from tqdm import tqdm
 
 from ...errors import NcdetectError
 from ...fileio import atomic_path, ensure_writable_dir, write_json
+from ...progress import progress_bar
 from ..manifest import make_manifest, write_manifest
 from . import channel, generators
 from .equalise import Draws, draw, equalise
@@ -172,7 +172,7 @@ def _run_jobs(jobs: list[tuple[Executor, Callable, tuple]], total: int, desc: st
     """Run (pool, function, arguments) jobs; each returns how many clips it made."""
     if not jobs:
         return
-    with tqdm(total=total, desc=desc, unit="clip", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="clip", enabled=progress) as bar:
         futures = [pool.submit(fn, *args) for pool, fn, args in jobs]
         try:
             for fut in as_completed(futures):
