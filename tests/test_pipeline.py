@@ -80,8 +80,22 @@ def test_run_end_to_end_and_cache(tmp_path):
         assert 0 <= src["target_eer"]["tgt"] <= 100
         assert math.isfinite(src["collapse"]["nc1"])
 
+    # the headline: paired differences with intervals and a verdict per rate (DESIGN 4b)
+    head = on_disk["headline"]
+    assert [p["rate"] for p in head["per_rate"]] == [0.25, 0.5]
+    for p in head["per_rate"]:
+        lo, hi = p["nc_minus_random_ci95"]
+        assert lo <= hi and p["verdict"] in ("better", "worse", "not separated")
+        assert (p["verdict"] == "better") == (hi < 0) and (p["verdict"] == "worse") == (lo > 0)
+        assert p["nc_minus_random"] == pytest.approx(p["nc"] - p["random"])
+        assert p["nc_minus_full"] == pytest.approx(p["nc"] - head["full_eer"])
+        assert len(p["nc_minus_full_ci95"]) == 2
+    area = on_disk["comparisons"]["tgt"]["mean_eer_over_log_rate"]
+    assert set(area) == {"nc", "random"}
+
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
+    assert "95% paired-bootstrap intervals" in html
     md = (out / "report.md").read_text()
     assert f"{full['eer_tgt_mean']:.2f}" in md
     assert set(results["trivial_cues"]["tgt"]) == {"duration", "rms", "rolloff95", "leading_silence"}
@@ -93,18 +107,74 @@ def test_run_end_to_end_and_cache(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
 
 
-def test_failing_stage_names_itself_and_keeps_earlier_output(tmp_path):
+def test_failing_stage_names_itself_and_keeps_earlier_output(tmp_path, monkeypatch):
+    import ncdetect.train
+
+    real_train = ncdetect.train.train
+
+    def train_failing_for_compact(cfg, train_manifest, out, **kwargs):
+        if "compact" in Path(out).parts:
+            raise RuntimeError("no space for compact models")
+        return real_train(cfg, train_manifest, out, **kwargs)
+
+    monkeypatch.setattr(ncdetect.train, "train", train_failing_for_compact)
     path = write_recipe(tmp_path / "data", rates=(0.5,), seeds=(0,))
-    text = json.loads(path.read_text())
-    text["compact"]["set"]["model.name"] = "no_such_model"
-    path.write_text(json.dumps(text))
     out = tmp_path / "out"
-    with pytest.raises(NcdetectError, match=r"stage 'compact' \(nc-r0.5-s0\) failed: .*no_such_model"):
+    with pytest.raises(NcdetectError, match=r"stage 'compact' \(nc-r0.5-s0\) failed: .*no space for compact"):
         run_recipe(load_recipe(path), out, log=lambda m: None)
     # the sources, embeddings and samples stay on disk, complete
     assert len(list(out.glob("sources/*/DONE"))) == 2
     assert len(list(out.glob("embeddings/*/DONE"))) == 2
     assert list(out.glob("samples/nc-r0.5-s0-*/manifest.csv"))
+
+
+def _recipe_with(path: Path, edit) -> Path:
+    text = json.loads(path.read_text())
+    edit(text)
+    path.write_text(json.dumps(text))
+    return path
+
+
+def test_a_target_that_shares_audio_with_a_source_is_refused_before_training(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "data"
+    path = write_recipe(root, rates=(0.5,), seeds=(0,))
+    # The same corpus again under another name and folder: every file is a byte-identical copy.
+    shutil.copytree(root / "a_dev", root / "copy")
+    copy = root / "copy" / "manifest.csv"
+    df = pd.read_csv(copy)
+    df["utt_id"] = "renamed_" + df["utt_id"]
+    df.to_csv(copy, index=False)
+    _recipe_with(path, lambda r: r["targets"].append({"name": "tgt2", "data": str(copy)}))
+    out = tmp_path / "out"
+    with pytest.raises(NcdetectError, match=r"target tgt2 shares audio with src_a/dev: 12 utterance\(s\), "
+                       r"e\.g\. renamed_\S+ \(.*copy.*\) is \S+ \(.*a_dev.*\); a target must be unseen"):
+        run_recipe(load_recipe(path), out, log=lambda m: None)
+    assert not (out / "sources").exists()  # refused before any training
+
+    from ncdetect.pipeline import Experiment, stage_prepare
+    from ncdetect.report import build_blocks
+
+    exp = Experiment(recipe=load_recipe(path), out=out, log=lambda m: None, allow_overlap=True)
+    stage_prepare(exp)
+    assert [(f["target"], f["set"], f["utterances"]) for f in exp.overlaps] == [("tgt2", "src_a/dev", 12)]
+    notice = build_blocks.__globals__["_overlap_notice"]({"overlap": {"found": exp.overlaps}})
+    assert notice and notice[0].startswith("**In-domain check") and "tgt2 shares 12" in notice[0]
+
+
+def test_a_source_without_spoof_rows_is_refused_before_training(tmp_path):
+    def bonafide_only(recipe: dict) -> None:
+        src = recipe["sources"][1]
+        src["train"] = {"manifest": src["train"], "filter": "label == 'bonafide'"}
+
+    path = _recipe_with(write_recipe(tmp_path / "data", rates=(0.5,), seeds=(0,)), bonafide_only)
+    out = tmp_path / "out"
+    with pytest.raises(NcdetectError, match=r"source src_b: its train set \(8 rows\) has no spoof rows"):
+        run_recipe(load_recipe(path), out, log=lambda m: None)
+    assert not (out / "sources").exists()
 
 
 def test_demo_hands_the_recipe_absolute_manifest_paths(tmp_path, monkeypatch):
@@ -128,6 +198,8 @@ def test_sampling_plan_draws_seed_free_selections_once(tmp_path):
     from ncdetect.pipeline import _sampling_plan
 
     recipe = load_recipe(write_recipe(tmp_path / "data", rates=(0.5,), seeds=(0, 1)))
-    assert _sampling_plan(recipe) == [("nc", 0.5, 0), ("random", 0.5, 0), ("random", 0.5, 1)]
+    plan = [(v.name, rate, seed) for v, rate, seed in _sampling_plan(recipe)]
+    assert plan == [("nc", 0.5, 0), ("random", 0.5, 0), ("random", 0.5, 1)]
     recipe.sampling.fake_mode = "kmeans"  # clustering makes nc depend on the seed
-    assert _sampling_plan(recipe) == [("nc", 0.5, 0), ("nc", 0.5, 1), ("random", 0.5, 0), ("random", 0.5, 1)]
+    plan = [(v.name, rate, seed) for v, rate, seed in _sampling_plan(recipe)]
+    assert plan == [("nc", 0.5, 0), ("nc", 0.5, 1), ("random", 0.5, 0), ("random", 0.5, 1)]

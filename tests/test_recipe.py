@@ -29,6 +29,7 @@ seeds: [0, 1]
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "cfg.yaml").write_text("model: {name: tiny_resnet}\n")
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     return path
@@ -77,3 +78,66 @@ def test_unknown_profile_and_var(tmp_path):
         load_recipe(write(tmp_path, RECIPE), profile="slow")
     with pytest.raises(ConfigError, match="TYPO"):
         load_recipe(write(tmp_path, RECIPE), {"TYPO": "1"})
+
+
+# Each mistake is found at load, before any work, as one line naming the recipe file, the key and the
+# valid values.
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("rates: [0.5, 0.1, 0.1]", "rates: [0.5]\n  strategies: [ncc, random]"),
+         r"recipe.yaml: sampling.strategies: unknown strategy 'ncc'; valid: .*kcenter.*nc.*random"),
+        (("rates: [0.5, 0.1, 0.1]", "rates: [0.5]\n  strategies: [nc, full]"),
+         r"sampling.strategies: 'full' is reserved"),
+        (("rates: [0.5, 0.1, 0.1]", "rates: [0.5]\n  fake_mode: clas"),
+         r"recipe.yaml: sampling.fake_mode: 'clas' is not one of class, attack, kmeans, spread"),
+        (("rates: [0.5, 0.1, 0.1]", "rates: [0.5]\n  metric: manhattan"),
+         r"sampling.metric: 'manhattan' is not one of euclidean, cosine"),
+        (("rates: [0.5, 0.1, 0.1]",
+          "rates: [0.5]\n  strategies: [random, {name: x, strategy: nc, options: {fake_mode: cluster}}]"),
+         r"sampling.strategies \(x\): fake_mode 'cluster' is not one of"),
+        (("rates: [0.5, 0.1, 0.1]",
+          "rates: [0.5]\n  strategies: [random, {name: x, strategy: nc, options: {colour: red}}]"),
+         r"sampling.strategies \(x\): unknown option 'colour'; valid: .*fake_mode"),
+        (("rates: [0.5, 0.1, 0.1]",
+          "rates: [0.5]\n  strategies: [random, {name: random, strategy: nc}]"),
+         r"selection names must be unique; repeated: random"),
+        (("rates: [0.5, 0.1, 0.1]", "rates: [0.5]\n  headline: kcenter"),
+         r"sampling.headline: 'kcenter' is not one of the selections: nc, random"),
+        (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be unique"),
+        (("seeds: [0, 1]", "seeds: []"), "at least one source, one target and one seed"),
+        (("seeds: [0, 1]", "seeds: [0]\nreport: {projection: umap}"),
+         r"recipe.yaml: report.projection: 'umap' is not one of pca, tsne"),
+        (("seeds: [0, 1]", "seeds: [0]\nreport: {validation: [nope]}"),
+         r"report.validation: 'nope' is not a target; targets: tgt"),
+        (("seeds: [0, 1]", "seeds: [0]\nreport: {validation: [tgt]}"), r"keep at least one test target"),
+        (("config: cfg.yaml", "config: missing.yaml"),
+         r"sources\[0\] \(a\): config file .*missing.yaml not found"),
+        (("set: {optim.epochs: \"${EPOCHS}\"}", "set: {optim.epochz: 3}"),
+         r"recipe.yaml: sources\[0\] \(a\): .*optim.*epochz"),
+        (("set: {optim.epochs: \"${EPOCHS}\"}", "set: {optim.epochs: -3}"),
+         r"recipe.yaml: sources\[0\] \(a\): .*epochs"),
+        (("seeds: [0, 1]", "seeds: [0]\ncompact: {config: cfg.yaml, set: {model.name: resnet81}}"),
+         r"recipe.yaml: compact: .*resnet81.*valid"),
+        (("limit: 10}", "limit: 10, filter: \"attack in ['-', 'A01'\"}"),
+         r"sources\[0\].dev.filter: .* does not parse"),
+    ],
+)
+def test_recipe_mistakes_are_caught_at_load(tmp_path, edit, message):
+    assert edit[0] in RECIPE
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(write(tmp_path, RECIPE.replace(*edit)))
+
+
+def test_variants_and_a_filter_with_backticks_load(tmp_path):
+    text = RECIPE.replace("rates: [0.5, 0.1, 0.1]", """rates: [0.5]
+  strategies:
+    - random
+    - nc
+    - {name: nc-attack, strategy: nc, options: {fake_mode: attack}}""").replace(
+        "limit: 10}", "limit: 10, filter: \"`attack` in ['-', 'A01'] and speaker != 'x'\"}")
+    recipe = load_recipe(write(tmp_path, text))
+    variants = {v.name: (v.strategy, v.options) for v in recipe.sampling.variants()}
+    assert variants == {"random": ("random", {"metric": "euclidean"}),
+                        "nc": ("nc", {"metric": "euclidean", "fake_mode": "class"}),
+                        "nc-attack": ("nc", {"fake_mode": "attack"})}

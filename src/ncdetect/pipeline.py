@@ -31,19 +31,18 @@ import pandas as pd
 from . import __version__
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
-from .recipe import DataSpec, Recipe, SourceSpec
+from .recipe import FULL, DataSpec, Recipe, SourceSpec, VariantSpec
 from .sysinfo import machine_info
 
 T = TypeVar("T")
 
-FULL = "full"
 # Strategies whose selection does not depend on the seed (ties are broken by utt_id).
 SEED_FREE = {"nc", "farthest", "herding", FULL}
 
 
-def _seed_free(strategy: str, recipe: Recipe) -> bool:
-    # k-means clustering of the spoof class makes nc depend on the seed.
-    return strategy in SEED_FREE and not (strategy == "nc" and recipe.sampling.fake_mode == "kmeans")
+def _seed_free(variant: VariantSpec) -> bool:
+    # k-means clustering (of either class) makes a selection depend on the seed.
+    return variant.strategy in SEED_FREE and "kmeans" not in variant.options.values()
 
 
 @dataclass
@@ -85,6 +84,10 @@ def _rate_label(rate: float) -> str:
     return f"{rate:g}"
 
 
+def _run_name(strategy: str, rate: float, seed: int) -> str:
+    return f"{strategy}-r{_rate_label(rate)}-s{seed}"
+
+
 @dataclass
 class Experiment:
     """The state of one ``ncdetect run``: the recipe, its output folder and what each stage produced."""
@@ -92,6 +95,8 @@ class Experiment:
     recipe: Recipe
     out: Path
     log: Callable[[str], None]
+    allow_overlap: bool = False
+    overlaps: list[dict] = field(default_factory=list)
     manifests: dict[str, Path] = field(default_factory=dict)
     source_runs: dict[str, Path] = field(default_factory=dict)
     source_keys: dict[str, str] = field(default_factory=dict)
@@ -171,6 +176,55 @@ def stage_prepare(exp: Experiment) -> None:
             exp.manifests[f"{src.name}/dev"] = _prepare_data(exp, f"{src.name}-dev", src.dev, seed)
     for tgt in exp.recipe.targets:
         exp.manifests[tgt.name] = _prepare_data(exp, tgt.name, tgt.data, seed)
+    _check_both_classes(exp)
+    exp.overlaps = _check_unseen_targets(exp)
+
+
+def _check_both_classes(exp: Experiment) -> None:
+    """A source without bonafide or without spoof rows cannot train a detector: say so before training."""
+    from .data.manifest import read_manifest
+
+    for src in exp.recipe.sources:
+        df = read_manifest(exp.manifests[f"{src.name}/train"], resolve_paths=False)
+        for label in ("bonafide", "spoof"):
+            if not (df["label"] == label).any():
+                raise NcdetectError(f"source {src.name}: its train set ({len(df)} rows) has no {label} rows "
+                                    "after filter and limit; a detector needs both classes")
+
+
+def _check_unseen_targets(exp: Experiment) -> list[dict]:
+    """Refuse a target that shares audio (the same file, or equal contents) with a source's train or dev
+    set, unless the run allows it; the overlaps found are returned for the report."""
+    from .data.manifest import read_manifest, shared_audio
+
+    seen = [key for key in exp.manifests if "/" in key]  # "<source>/train", "<source>/dev"
+    digests = [_file_digest(exp.manifests[k]) for k in [*seen, *[t.name for t in exp.recipe.targets]]]
+    stage = exp.stage("manifests", "overlap", {"manifests": digests})
+    if not stage.done:
+        found = []
+        for tgt in exp.recipe.targets:
+            target = read_manifest(exp.manifests[tgt.name])
+            for key in seen:
+                other = read_manifest(exp.manifests[key])
+                pairs = shared_audio(target, other)
+                if pairs:
+                    i, j = pairs[0]
+                    found.append({"target": tgt.name, "set": key, "utterances": len(pairs),
+                                  "example": [target["utt_id"][i], other["utt_id"][j]],
+                                  "example_paths": [target["path"][i], other["path"][j]]})
+        write_json(stage.dir / "overlap.json", found)
+        stage.finish()
+    found = json.loads((stage.dir / "overlap.json").read_text())
+    if found and not exp.allow_overlap:
+        f = found[0]
+        raise NcdetectError(
+            f"target {f['target']} shares audio with {f['set']}: {f['utterances']} utterance(s), e.g. "
+            f"{f['example'][0]} ({f['example_paths'][0]}) is {f['example'][1]} ({f['example_paths'][1]}); "
+            "a target must be unseen (--allow-overlap runs a deliberate in-domain check)")
+    for f in found:
+        exp.log(f"[prepare] allowed overlap: target {f['target']} shares {f['utterances']} utterance(s) "
+                f"with {f['set']}")
+    return found
 
 
 # --- 2. source models ----------------------------------------------------------------------------
@@ -244,12 +298,12 @@ def stage_embed_and_collapse(exp: Experiment) -> None:
 # --- 5. sample -----------------------------------------------------------------------------------
 
 
-def _sampling_plan(recipe: Recipe) -> list[tuple[str, float, int]]:
-    """(strategy, rate, seed) triples; selections that ignore the seed are drawn once, under the first."""
+def _sampling_plan(recipe: Recipe) -> list[tuple[VariantSpec, float, int]]:
+    """(variant, rate, seed) triples; selections that ignore the seed are drawn once, under the first."""
     plan = []
-    for strategy in recipe.sampling.strategies:
-        seeds = recipe.seeds[:1] if _seed_free(strategy, recipe) else recipe.seeds
-        plan += [(strategy, rate, seed) for rate in recipe.sampling.rates for seed in seeds]
+    for variant in recipe.sampling.variants():
+        seeds = recipe.seeds[:1] if _seed_free(variant) else recipe.seeds
+        plan += [(variant, rate, seed) for rate in recipe.sampling.rates for seed in seeds]
     return plan
 
 
@@ -257,27 +311,24 @@ def stage_sample(exp: Experiment) -> None:
     from .collapse.sampling import sample_folders
     from .data.manifest import read_manifest, write_manifest
 
-    sp = exp.recipe.sampling
     folders = [exp.embeddings[s.name] for s in exp.recipe.sources]
     emb_keys = [exp.source_keys[s.name] for s in exp.recipe.sources]
-    for strategy, rate, seed in _sampling_plan(exp.recipe):
-        name = f"{strategy}-r{_rate_label(rate)}-s{seed}"
-        payload = {"emb": emb_keys, "strategy": strategy, "rate": rate, "seed": seed,
-                   "fake_mode": sp.fake_mode, "metric": sp.metric}
+    for variant, rate, seed in _sampling_plan(exp.recipe):
+        name = _run_name(variant.name, rate, seed)
+        payload = {"emb": emb_keys, "strategy": variant.strategy, "options": variant.options, "rate": rate,
+                   "seed": seed}
         stage = exp.stage("samples", name, payload)
         out = stage.dir / "manifest.csv"
 
-        def sample(stage: Stage = stage, out: Path = out, strategy: str = strategy, rate: float = rate,
+        def sample(stage: Stage = stage, out: Path = out, variant: VariantSpec = variant, rate: float = rate,
                    seed: int = seed) -> None:
             if not stage.done:
-                # The fake-class variants are variants of nc; the baselines take the whole spoof class.
-                fake_mode = sp.fake_mode if strategy == "nc" else "class"
-                sample_folders(folders, strategy=strategy, rate=rate, fake_mode=fake_mode,
-                               metric=sp.metric, seed=seed, out=out)
+                sample_folders(folders, strategy=variant.strategy, rate=rate, seed=seed, out=out,
+                               **variant.options)
                 stage.finish()
 
         exp.run_stage("sample", name, sample)
-        exp.samples[(strategy, rate, seed)] = out
+        exp.samples[(variant.name, rate, seed)] = out
 
     # The full-data baseline: the union of the source training sets, deduplicated by (dataset, utt_id).
     stage = exp.stage("samples", FULL, {"train": [_file_digest(exp.manifests[f"{s.name}/train"])
@@ -296,12 +347,14 @@ def stage_sample(exp: Experiment) -> None:
 
 def stage_compact(exp: Experiment) -> None:
     compact = exp.recipe.compact
+    variants = {v.name: v for v in exp.recipe.sampling.variants()}
+    variants[FULL] = VariantSpec(name=FULL, strategy=FULL)
     for seed in exp.recipe.seeds:
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
-            if sample_seed != seed and not _seed_free(strategy, exp.recipe):
+            if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
-            name = f"{strategy}-r{_rate_label(rate)}-s{seed}"
+            name = _run_name(strategy, rate, seed)
 
             def train_compact(manifest: Path = manifest, seed: int = seed, name: str = name) -> tuple:
                 cfg = _train_config(compact.config, compact.set, seed)
@@ -345,7 +398,7 @@ def stage_evaluate(exp: Experiment) -> None:
                 "evaluate", f"{src.name} on {ev}",
                 lambda n=src.name, e=ev: _score(exp, n, exp.source_runs[n], exp.source_keys[n], e))
     for (strategy, rate, seed), (run, _) in exp.compact_runs.items():
-        name = f"{strategy}-r{_rate_label(rate)}-s{seed}"
+        name = _run_name(strategy, rate, seed)
         run_key = run.parent.name.rsplit("-", 1)[-1]
         for ev in [*targets, *devs]:
             exp.scores[(name, ev)] = exp.run_stage(
@@ -383,7 +436,10 @@ def collect_results(exp: Experiment) -> dict:
         "machine": machine_info(),
         "seeds": recipe.seeds,
         "rates": recipe.sampling.rates,
-        "strategies": recipe.sampling.strategies,
+        "strategies": [v.name for v in recipe.sampling.variants()],
+        "variants": {v.name: {"strategy": v.strategy, **v.options} for v in recipe.sampling.variants()},
+        "validation_targets": recipe.report.validation,
+        "overlap": {"allowed": exp.allow_overlap, "found": exp.overlaps},
         "targets": targets,
         "datasets": {name: _dataset_summary(path) for name, path in exp.manifests.items()},
         "sources": {},
@@ -398,7 +454,7 @@ def collect_results(exp: Experiment) -> dict:
             "collapse": exp.collapse[src.name],
         }
     for (strategy, rate, seed), (_run, info) in sorted(exp.compact_runs.items(), key=lambda kv: kv[0]):
-        name = f"{strategy}-r{_rate_label(rate)}-s{seed}"
+        name = _run_name(strategy, rate, seed)
         results["runs"].append({
             "strategy": strategy, "rate": rate, "seed": seed, **info,
             "eer": {ev: exp.scores[(name, ev)]["eer"] for (n, ev) in exp.scores if n == name},
@@ -406,7 +462,7 @@ def collect_results(exp: Experiment) -> dict:
     rows: dict[tuple[str, float], list[dict]] = {}
     for run in results["runs"]:
         rows.setdefault((run["strategy"], run["rate"]), []).append(run)
-    order = {FULL: -1, **{s: i for i, s in enumerate(recipe.sampling.strategies)}}
+    order = {FULL: -1, **{s: i for i, s in enumerate(results["strategies"])}}
     for (strategy, rate), runs in sorted(rows.items(), key=lambda kv: (-kv[0][1], order[kv[0][0]])):
         row: dict[str, Any] = {"strategy": strategy, "rate": rate, "n_seeds": len(runs)}
         for t in targets:
@@ -414,25 +470,97 @@ def collect_results(exp: Experiment) -> dict:
         row["n_train"] = int(np.mean([r["n_train"] for r in runs]))
         row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
         results["table"].append(row)
-    results["headline"] = _headline(results)
+    results["comparisons"] = _comparisons(exp, results)
+    results["choice"] = _choose_on_validation(results)
+    results["headline"] = _headline(results, recipe.sampling.headline)
     return results
 
 
-def _headline(results: dict) -> dict:
-    """NC against random at each rate, and the gap to full-data training, on the first target."""
-    target = results["targets"][0]
+def _seed_scores(exp: Experiment, strategy: str, rate: float, target: str) -> pd.DataFrame:
+    """Scores of one selection on one target, one column per seed, rows indexed by utt_id."""
+    columns = {}
+    for seed in exp.recipe.seeds:
+        df = pd.read_csv(exp.scores[(_run_name(strategy, rate, seed), target)]["scores_csv"],
+                         dtype={"utt_id": str})
+        columns[seed] = df.set_index("utt_id")["score"]
+        columns["label"] = df.set_index("utt_id")["label"]
+    return pd.DataFrame(columns)
+
+
+def _comparisons(exp: Experiment, results: dict) -> dict:
+    """Every selection against random at the same rate and against full data, on every target: the mean
+    over seeds of the EER difference with a 95% paired-bootstrap interval and a verdict; and each
+    selection's mean EER over log rate (the area under its EER-versus-rate curve per unit of log rate)."""
+    from .evaluate import PairedBootstrap, mean_over_log_rate
+
+    recipe = exp.recipe
+    out: dict[str, Any] = {}
+    systems = [(r["strategy"], r["rate"]) for r in results["table"] if r["n_seeds"] == len(recipe.seeds)]
+    for target in results["targets"]:
+        frames = {key: _seed_scores(exp, *key, target) for key in systems}
+        any_frame = next(iter(frames.values()))
+        order = any_frame.index
+        boot = PairedBootstrap((any_frame["label"] == "bonafide").to_numpy(), len(recipe.seeds),
+                               recipe.report.bootstrap, seed=recipe.seeds[0])
+        resampled = {key: boot.resample(frame.loc[order, list(recipe.seeds)].to_numpy().T)
+                     for key, frame in frames.items()}
+        rows = []
+        for (strategy, rate), res in resampled.items():
+            if strategy == FULL:
+                continue
+            row: dict[str, Any] = {"strategy": strategy, "rate": rate}
+            for other, key in [("random", ("random", rate)), (FULL, (FULL, 1.0))]:
+                if key in resampled and key != (strategy, rate):
+                    diff = boot.difference(res, resampled[key])
+                    row.update(diff.as_dict(f"minus_{other}"))
+                    row[f"verdict_vs_{other}"] = diff.verdict
+            rows.append(row)
+        table = {(r["strategy"], r["rate"]): r[f"eer_{target}_mean"] for r in results["table"]}
+        area = {}
+        for strategy in results["strategies"]:
+            rates = [rate for rate in results["rates"] if (strategy, rate) in table]
+            if rates:
+                area[strategy] = mean_over_log_rate(rates, [table[(strategy, r)] for r in rates])
+        out[target] = {"pairs": rows, "mean_eer_over_log_rate": area}
+    return out
+
+
+def _choose_on_validation(results: dict) -> dict | None:
+    """With validation targets, the selection with the lowest mean EER over log rate on the first one;
+    the test targets are reported for it but play no part in the choice."""
+    validation = results.get("validation_targets") or []
+    if not validation:
+        return None
+    area = results["comparisons"][validation[0]]["mean_eer_over_log_rate"]
+    ranking = sorted((name for name in area if name != "random"), key=lambda n: (area[n], n))
+    return {"validation_target": validation[0], "criterion": "mean EER over log rate (lowest wins)",
+            "ranking": [{"strategy": n, "value": area[n]} for n in ranking],
+            "random": area.get("random"), "chosen": ranking[0] if ranking else None}
+
+
+def _headline(results: dict, headline: str) -> dict:
+    """The headline selection against random at each rate, and its gap to full-data training, with
+    paired-bootstrap intervals, on the first test target (the first target that is not for validation)."""
+    tests = [t for t in results["targets"] if t not in (results.get("validation_targets") or [])]
+    target = tests[0]
     key = f"eer_{target}_mean"
     by = {(r["strategy"], r["rate"]): r[key] for r in results["table"]}
-    full = next((r[key] for r in results["table"] if r["strategy"] == FULL), None)
+    full = by.get((FULL, 1.0))
+    pairs = {(p["strategy"], p["rate"]): p for p in results["comparisons"][target]["pairs"]}
     per_rate = []
     for rate in results["rates"]:
-        nc, rnd = by.get(("nc", rate)), by.get(("random", rate))
-        if nc is not None and rnd is not None:
-            per_rate.append({"rate": rate, "nc": nc, "random": rnd, "nc_minus_random": nc - rnd,
-                             "nc_minus_full": None if full is None else nc - full})
-    wins = sum(1 for p in per_rate if p["nc_minus_random"] < 0)
-    return {"target": target, "full_eer": full, "per_rate": per_rate, "nc_wins": wins,
-            "rates_compared": len(per_rate)}
+        nc, rnd, pair = by.get((headline, rate)), by.get(("random", rate)), pairs.get((headline, rate), {})
+        if nc is None or rnd is None or "minus_random" not in pair:
+            continue
+        per_rate.append({
+            "rate": rate, "strategy": headline, "nc": nc, "random": rnd,
+            "nc_minus_random": pair["minus_random"], "nc_minus_random_ci95": pair["minus_random_ci95"],
+            "nc_minus_full": pair.get("minus_full"), "nc_minus_full_ci95": pair.get("minus_full_ci95"),
+            "verdict": pair["verdict_vs_random"], "verdict_vs_full": pair.get("verdict_vs_full"),
+        })
+    counts = {v: sum(1 for p in per_rate if p["verdict"] == v) for v in ("better", "worse", "not separated")}
+    return {"target": target, "strategy": headline, "full_eer": full, "per_rate": per_rate,
+            "verdicts": counts, "rates_compared": len(per_rate)}
 
 
 def stage_report(exp: Experiment) -> dict:
@@ -488,8 +616,8 @@ def _det_systems(exp: Experiment, results: dict, target: str) -> dict[str, Path]
     seed = exp.recipe.seeds[0]
     rate = sorted(results["rates"])[len(results["rates"]) // 2]
     systems = {f"source {s.name}": exp.scores[(s.name, target)]["scores_csv"] for s in exp.recipe.sources}
-    for strategy, r in [(FULL, 1.0), *[(s, rate) for s in exp.recipe.sampling.strategies]]:
-        key = (f"{strategy}-r{_rate_label(r)}-s{seed}", target)
+    for strategy, r in [(FULL, 1.0), *[(s, rate) for s in results["strategies"]]]:
+        key = (_run_name(strategy, r, seed), target)
         if key in exp.scores:
             systems[f"{strategy}@{r:g}"] = exp.scores[key]["scores_csv"]
     return systems
@@ -501,11 +629,14 @@ STAGES = [stage_prepare, stage_sources, stage_embed_and_collapse, stage_sample, 
           stage_evaluate, stage_report]
 
 
-def run_recipe(recipe: Recipe, out: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Run every stage of ``recipe`` into ``out``; returns the results dict (also in results.json)."""
+def run_recipe(recipe: Recipe, out: str | Path, log: Callable[[str], None] = print,
+               allow_overlap: bool = False) -> dict:
+    """Run every stage of ``recipe`` into ``out``; returns the results dict (also in results.json).
+
+    A target that shares audio with a source's train or dev set is refused unless ``allow_overlap``."""
     out = ensure_writable_dir(out)
     write_yaml(out / "recipe.resolved.yaml", recipe.model_dump(mode="json"))
-    exp = Experiment(recipe=recipe, out=out, log=log)
+    exp = Experiment(recipe=recipe, out=out, log=log, allow_overlap=allow_overlap)
     results: dict = {}
     for stage_fn in STAGES:
         results = stage_fn(exp) or results

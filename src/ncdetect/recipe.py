@@ -8,6 +8,8 @@ chosen with ``--profile``), the environment, or ``--var NAME=VALUE``, in rising 
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+FULL = "full"  # the full-data baseline's name in a run
 
 
 class _Strict(BaseModel):
@@ -65,11 +68,22 @@ class TargetSpec(_Strict):
     _coerce = field_validator("data", mode="before")(_as_data_spec)
 
 
+class VariantSpec(_Strict):
+    """A named selection: a registered strategy with its options (keyword options of ``sample_folders``,
+    e.g. ``fake_mode``, ``metric``, ``order``)."""
+
+    name: str
+    strategy: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class SamplingSpec(_Strict):
     rates: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5])
-    strategies: list[str] = Field(default_factory=lambda: ["nc", "random"])
+    # A strategy name, or a variant {name, strategy, options}; plain names take fake_mode and metric below.
+    strategies: list[str | VariantSpec] = Field(default_factory=lambda: ["nc", "random"])
     fake_mode: str = "class"
     metric: str = "euclidean"
+    headline: str = Field("nc", description="the selection the report's headline compares with random")
 
     @field_validator("rates")
     @classmethod
@@ -78,6 +92,19 @@ class SamplingSpec(_Strict):
         if bad or not rates:
             raise ValueError(f"rates must be in (0, 1], got {rates}")
         return sorted(set(rates))
+
+    def variants(self) -> list[VariantSpec]:
+        """Every selection as a variant; a plain name gets the section's fake_mode (nc only) and metric."""
+        out = []
+        for item in self.strategies:
+            if isinstance(item, VariantSpec):
+                out.append(item)
+                continue
+            options: dict[str, Any] = {"metric": self.metric}
+            if item == "nc":
+                options["fake_mode"] = self.fake_mode
+            out.append(VariantSpec(name=item, strategy=item, options=options))
+        return out
 
 
 class CompactSpec(_Strict):
@@ -88,6 +115,8 @@ class CompactSpec(_Strict):
 class ReportSpec(_Strict):
     projection: str = "pca"
     bootstrap: int = Field(1000, ge=0)
+    # Targets used to choose between selections; the report marks them, and never chooses on the others.
+    validation: list[str] = Field(default_factory=list)
 
 
 class Recipe(_Strict):
@@ -109,6 +138,8 @@ class Recipe(_Strict):
             raise ValueError(f"source and target names must be unique; repeated: {dupes}")
         if not self.sources or not self.targets or not self.seeds:
             raise ValueError("a recipe needs at least one source, one target and one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be unique, got {self.seeds}")
         return self
 
 
@@ -168,7 +199,9 @@ def load_recipe(
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{path}: {where}: {first['msg']}") from None
-    return _resolve_paths(recipe, path.resolve().parent)
+    recipe = _resolve_paths(recipe, path.resolve().parent)
+    check_recipe(recipe, path)
+    return recipe
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
@@ -183,3 +216,100 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     for holder in [*recipe.sources, recipe.compact]:
         holder.config = fix(holder.config) or holder.config
     return recipe
+
+
+# --- checks that need the registries and the configs: all done at load, before any work ----------------
+
+
+def check_recipe(recipe: Recipe, path: str | Path = "<recipe>") -> None:
+    """Everything a stage would otherwise find only after hours of training, as one-line ConfigErrors
+    naming the recipe file, the key and the valid values."""
+    _check_sampling(recipe, path)
+    from .collapse.plot import METHODS
+
+    if recipe.report.projection not in METHODS:
+        raise ConfigError(f"{path}: report.projection: {recipe.report.projection!r} is not one of "
+                          f"{', '.join(METHODS)}")
+    targets = [t.name for t in recipe.targets]
+    for name in recipe.report.validation:
+        if name not in targets:
+            raise ConfigError(f"{path}: report.validation: {name!r} is not a target; targets: "
+                              f"{', '.join(targets)}")
+    if recipe.report.validation and set(recipe.report.validation) == set(targets):
+        raise ConfigError(f"{path}: report.validation: every target is a validation target; keep at "
+                          "least one test target that no choice is made on")
+    for i, src in enumerate(recipe.sources):
+        _check_config(src.config, src.set, f"{path}: sources[{i}] ({src.name})")
+        for key, spec in [("train", src.train), ("dev", src.dev)]:
+            _check_filter(spec, f"{path}: sources[{i}].{key}.filter")
+    for i, tgt in enumerate(recipe.targets):
+        _check_filter(tgt.data, f"{path}: targets[{i}].data.filter")
+    _check_config(recipe.compact.config, recipe.compact.set, f"{path}: compact")
+
+
+def _check_sampling(recipe: Recipe, path: str | Path) -> None:
+    import inspect
+
+    from .collapse import sampling
+
+    where = f"{path}: sampling.strategies"
+    valid = ", ".join(sampling.STRATEGIES)
+    options_of = inspect.signature(sampling.sample_folders).parameters
+    not_options = {"emb_dirs", "strategy", "rate", "seed", "out", "progress"}
+    valid_options = [name for name in options_of if name not in not_options]
+    choices = {name: getattr(sampling, const) for name, const in
+               [("fake_mode", "FAKE_MODES"), ("real_mode", "REAL_MODES"), ("metric", "METRICS"),
+                ("order", "ORDERS")] if hasattr(sampling, const)}
+    for key in ("fake_mode", "metric"):
+        value = getattr(recipe.sampling, key)
+        if key in choices and value not in choices[key]:
+            raise ConfigError(f"{path}: sampling.{key}: {value!r} is not one of {', '.join(choices[key])}")
+    names = []
+    for variant in recipe.sampling.variants():
+        if variant.strategy == FULL or variant.name == FULL:
+            raise ConfigError(f"{where}: {FULL!r} is reserved for the full-data baseline, which every run "
+                              f"trains; valid strategies: {valid}")
+        if variant.strategy not in sampling.STRATEGIES:
+            raise ConfigError(f"{where}: unknown strategy {variant.strategy!r}; valid: {valid}")
+        for key, value in variant.options.items():
+            if key not in valid_options:
+                raise ConfigError(f"{where} ({variant.name}): unknown option {key!r}; valid: "
+                                  f"{', '.join(valid_options)}")
+            if key in choices and value not in choices[key]:
+                raise ConfigError(f"{where} ({variant.name}): {key} {value!r} is not one of "
+                                  f"{', '.join(choices[key])}")
+        names.append(variant.name)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: selection names must be unique; repeated: {', '.join(dupes)}")
+    if recipe.sampling.headline not in names:
+        raise ConfigError(f"{path}: sampling.headline: {recipe.sampling.headline!r} is not one of the "
+                          f"selections: {', '.join(names)}")
+
+
+def _check_config(config: Path | None, overrides: dict[str, Any], where: str) -> None:
+    from .config import load_config
+
+    if config is not None and not Path(config).is_file():
+        raise ConfigError(f"{where}: config file {config} not found")
+    try:
+        load_config(config, override_items(overrides))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def override_items(overrides: dict[str, Any]) -> list[str]:
+    """A recipe's ``set:`` mapping as ``key=value`` overrides (values as YAML, as on the command line)."""
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+
+
+def _check_filter(spec: DataSpec | None, where: str) -> None:
+    """A filter is a pandas query; its Python syntax is checked here (columns only once data is read)."""
+    if spec is None or spec.filter is None:
+        return
+    # Backtick-quoted column names are pandas syntax, not Python: stand in a plain name for each.
+    text = re.sub(r"`[^`]*`", "_column", spec.filter)
+    try:
+        ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ConfigError(f"{where}: {spec.filter!r} does not parse ({err.msg})") from None

@@ -99,7 +99,8 @@ def _row_name(row: dict) -> str:
 def build_blocks(results: dict) -> list[Block]:
     targets = results["targets"]
     head = results["headline"]
-    blocks: list[Block] = [f"# ncdetect report: {results['recipe']}", _verdict(head)]
+    blocks: list[Block] = [f"# ncdetect report: {results['recipe']}", *_overlap_notice(results),
+                           _verdict(head)]
     m = results["machine"]
     blocks.append(f"ncdetect {results['ncdetect_version']}, {results['created']}; {m['processor']}, "
                   f"{m['cpu_count']} CPUs{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}; "
@@ -116,6 +117,7 @@ def build_blocks(results: dict) -> list[Block]:
     for caption, path in results["figures"].items():
         if caption.startswith("EER versus"):
             blocks.append(Figure(caption, Path(path)))
+    blocks += _comparison_blocks(results)
 
     blocks.append("## Datasets")
     blocks.append(Table(["set", "utterances", "bonafide", "spoof", "attacks"], [
@@ -162,16 +164,75 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _ci(pair: list[float] | None) -> str:
+    return "–" if pair is None else f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
 def _verdict(head: dict) -> str:
+    """The headline: the paired-bootstrap verdicts, not raw differences of means."""
+    name = head.get("strategy", "nc")
     if not head["per_rate"]:
-        return "No rate has both an nc and a random selection to compare."
+        return f"No rate has both a {name} and a random selection to compare."
+    counts = head["verdicts"]
     parts = []
     for p in head["per_rate"]:
-        gap = "" if p["nc_minus_full"] is None else f", {p['nc_minus_full']:+.2f} points from full data"
-        parts.append(f"rate {p['rate']:g}: nc {p['nc']:.2f}% vs random {p['random']:.2f}%{gap}")
+        gap = ("" if p["nc_minus_full"] is None else
+               f"; {p['nc_minus_full']:+.2f} {_ci(p['nc_minus_full_ci95'])} points from full data")
+        parts.append(f"rate {p['rate']:g}: {name} {p['nc']:.2f}% vs random {p['random']:.2f}%, "
+                     f"{p['nc_minus_random']:+.2f} {_ci(p['nc_minus_random_ci95'])} ({p['verdict']}){gap}")
     full = "" if head["full_eer"] is None else f" Full-data training reaches {head['full_eer']:.2f}%."
-    return (f"**NC sampling beat random sampling at {head['nc_wins']} of {head['rates_compared']} rates "
-            f"on {head['target']}.**{full} " + "; ".join(parts) + ".")
+    return (f"**On {head['target']}, {name} sampling is better than random sampling at {counts['better']} of "
+            f"{head['rates_compared']} rates, worse at {counts['worse']}, and not separated at "
+            f"{counts['not separated']}** (EER differences in points, mean over seeds, with 95% paired-"
+            f"bootstrap intervals over target utterances and seeds).{full} " + "; ".join(parts) + ".")
+
+
+def _overlap_notice(results: dict) -> list[Block]:
+    overlap = results.get("overlap") or {}
+    if not overlap.get("found"):
+        return []
+    sets = "; ".join(f"{f['target']} shares {f['utterances']} utterance(s) with {f['set']}"
+                     for f in overlap["found"])
+    return [f"**In-domain check, not a test on unseen data:** this run was allowed to overlap ({sets})."]
+
+
+def _comparison_blocks(results: dict) -> list[Block]:
+    blocks: list[Block] = []
+    comparisons = results.get("comparisons") or {}
+    validation = results.get("validation_targets") or []
+    choice = results.get("choice")
+    if choice and choice.get("chosen"):
+        ranking = ", ".join(f"{r['strategy']} {r['value']:.2f}" for r in choice["ranking"])
+        rnd = "" if choice.get("random") is None else f" (random: {choice['random']:.2f})"
+        blocks.append("## Choosing the selection on the validation target")
+        blocks.append(f"The selection is chosen on `{choice['validation_target']}` only, by "
+                      f"{choice['criterion']}: {ranking}{rnd}. Chosen: **{choice['chosen']}**. The other "
+                      "targets play no part in the choice; they report it.")
+    for target, comp in comparisons.items():
+        role = "validation target" if target in validation else "test target"
+        blocks.append(f"## Paired comparisons on {target} ({role})")
+        blocks.append("EER difference in points (mean over seeds) with its 95% paired-bootstrap interval; "
+                      "negative means fewer errors. The verdict is better or worse only when the interval "
+                      "excludes zero.")
+        rows = []
+        for pair in comp["pairs"]:
+            rows.append([f"{pair['strategy']}@{pair['rate']:g}",
+                         _signed(pair.get("minus_random")), _ci(pair.get("minus_random_ci95")),
+                         pair.get("verdict_vs_random", "–"),
+                         _signed(pair.get("minus_full")), _ci(pair.get("minus_full_ci95")),
+                         pair.get("verdict_vs_full", "–")])
+        blocks.append(Table(["selection", "− random", "95% CI", "vs random", "− full", "95% CI", "vs full"],
+                            rows))
+        area = comp["mean_eer_over_log_rate"]
+        blocks.append("Mean EER over log rate (the area under the EER-versus-rate curve divided by its "
+                      "width in log10 rate; lower is better): " +
+                      ", ".join(f"{name} {value:.2f}" for name, value in sorted(area.items(),
+                                                                               key=lambda kv: kv[1])) + ".")
+    return blocks
+
+
+def _signed(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.2f}"
 
 
 # --- rendering -----------------------------------------------------------------------------------

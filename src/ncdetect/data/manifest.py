@@ -117,3 +117,49 @@ def make_manifest(rows: list[dict]) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def shared_audio(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[int, int]]:
+    """Row pairs ``(i, j)`` where ``a.path[i]`` and ``b.path[j]`` are the same audio: the same file once
+    resolved, or files with equal contents (the same corpus prepared twice, a copy under another name).
+
+    Only files whose size occurs in both tables are read and hashed, so two distinct corpora cost one
+    ``stat`` per file. A file that cannot be examined is left to the stage that reads it to report.
+    """
+    import hashlib
+
+    def identities(paths: pd.Series) -> tuple[list[str], list[int]]:
+        resolved, sizes = [], []
+        for p in paths:
+            resolved.append(os.path.realpath(p))
+            try:
+                sizes.append(os.stat(p).st_size)
+            except OSError:
+                sizes.append(-1)
+        return resolved, sizes
+
+    def digest(path: str) -> str | None:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            return None
+        return h.hexdigest()
+
+    paths_a, sizes_a = identities(a["path"])
+    paths_b, sizes_b = identities(b["path"])
+    where_b: dict[str, int] = {}
+    for j, p in enumerate(paths_b):
+        where_b.setdefault(p, j)
+    pairs = {(i, where_b[p]) for i, p in enumerate(paths_a) if p in where_b}
+    common = (set(sizes_a) & set(sizes_b)) - {-1}
+    hashes_b: dict[str, int] = {}
+    for j, (p, size) in enumerate(zip(paths_b, sizes_b, strict=True)):
+        if size in common and (h := digest(p)) is not None:
+            hashes_b.setdefault(h, j)
+    for i, (p, size) in enumerate(zip(paths_a, sizes_a, strict=True)):
+        if size in common and (h := digest(p)) is not None and h in hashes_b:
+            pairs.add((i, hashes_b[h]))
+    return sorted(pairs)
