@@ -144,7 +144,7 @@ def test_rawframes():
 
 
 def test_registry_config_roundtrip_and_errors():
-    assert set(FRONTENDS) == {"logmel", "lfcc", "raw"}
+    assert set(FRONTENDS) == {"logmel", "lfcc", "raw", "whisper"}
     x = torch.from_numpy(_signals(8000))
     for name in FRONTENDS:
         fe = build_frontend(name)

