@@ -581,8 +581,9 @@ def test_csv_utt_id_column_and_bonafide_attack(tmp_path: Path):
 # --- prepare() and the CLI ------------------------------------------------------------------------
 
 
-def test_registry_matches_cli_choices():
-    assert [c.value for c in Corpus] == list(corpora.ADAPTERS)
+def test_cli_choices_come_from_the_registry():
+    assert [c.value for c in Corpus] == corpora.ADAPTERS.names() == list(corpora.ADAPTERS)
+    assert "in-the-wild" in corpora.ADAPTERS and corpora.ADAPTERS.get("csv") is corpora.csv_table
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

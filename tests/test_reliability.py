@@ -361,7 +361,7 @@ def test_unwritable_output_is_one_line_before_long_work(
         monkeypatch.setattr(ncdetect.collapse.embeddings, "load_embeddings", _long_work)
         monkeypatch.setattr(ncdetect.pipeline, "STAGES", [_long_work])
         monkeypatch.setattr(ncdetect.data.demo_corpus, "build_demo_corpus", _long_work)
-        monkeypatch.setitem(ncdetect.data.corpora.ADAPTERS, "csv", _long_work)
+        monkeypatch.setitem(ncdetect.data.corpora.ADAPTERS._items, "csv", _long_work)  # the registry's table
         monkeypatch.setattr(ncdetect.evaluate, "read_scores", _long_work)
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(json.dumps({

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .data.corpora import ADAPTERS
 from .errors import NcdetectError
 
 app = typer.Typer(
@@ -41,16 +42,8 @@ def _root(
 # --- data: prepare, demo-corpus ------------------------------------------------------------------
 
 
-class Corpus(str, Enum):
-    """Corpora `prepare` reads; the names match ncdetect.data.corpora.ADAPTERS (a test checks this)."""
-
-    asvspoof2019 = "asvspoof2019"
-    asvspoof2021 = "asvspoof2021"
-    asvspoof5 = "asvspoof5"
-    in_the_wild = "in-the-wild"
-    wavefake = "wavefake"
-    folder = "folder"
-    csv = "csv"
+# The corpora `prepare` reads, named by their registry (typer needs the choices when the app is built).
+Corpus = Enum("Corpus", {name: name for name in ADAPTERS.names()}, type=str)  # type: ignore[misc]
 
 
 @app.command("prepare")

@@ -34,6 +34,7 @@ import pandas as pd
 from ..errors import ConfigError, NcdetectError, ProtocolError
 from ..fileio import ensure_writable_dir
 from ..progress import progress_bar
+from ..registry import Registry
 from .manifest import COLUMNS, write_manifest
 
 BONAFIDE_ATTACK = "-"
@@ -723,15 +724,14 @@ def csv_table(root: Path, partition: str | None = None) -> pd.DataFrame:
 
 Adapter = Callable[[Path, str | None], pd.DataFrame]
 
-ADAPTERS: dict[str, Adapter] = {
-    "asvspoof2019": asvspoof2019,
-    "asvspoof2021": asvspoof2021,
-    "asvspoof5": asvspoof5,
-    "in-the-wild": in_the_wild,
-    "wavefake": wavefake,
-    "folder": folder,
-    "csv": csv_table,
-}
+ADAPTERS: Registry[Adapter] = Registry("corpus")
+ADAPTERS.add("asvspoof2019", asvspoof2019)
+ADAPTERS.add("asvspoof2021", asvspoof2021)
+ADAPTERS.add("asvspoof5", asvspoof5)
+ADAPTERS.add("in-the-wild", in_the_wild)
+ADAPTERS.add("wavefake", wavefake)
+ADAPTERS.add("folder", folder)
+ADAPTERS.add("csv", csv_table)
 
 
 def prepare(
@@ -740,8 +740,6 @@ def prepare(
     """Build the manifest of ``corpus`` found at ``root`` and, when ``out`` is given, write it there
     (``.csv`` or ``.parquet`` by extension)."""
     adapter = ADAPTERS.get(corpus)
-    if adapter is None:
-        raise ConfigError(f"unknown corpus {corpus!r}; choose one of {', '.join(ADAPTERS)}")
     root = Path(root)
     if not root.exists():
         raise NcdetectError(f"{root}: not found")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .whisper import WhisperFrontend
 
 SAMPLE_RATE = 16_000
@@ -427,16 +428,16 @@ class RawFrames(Frontend):
         return wave[:, : n * self.frame].reshape(wave.shape[0], n, self.frame).transpose(1, 2)
 
 
-FRONTENDS: dict[str, type[Frontend]] = {
-    "logmel": LogMel, "lfcc": LFCC, "raw": RawFrames, "whisper": WhisperFrontend,
-}
+FRONTENDS: Registry[type[Frontend]] = Registry("front-end")
+FRONTENDS.add("logmel", LogMel)
+FRONTENDS.add("lfcc", LFCC)
+FRONTENDS.add("raw", RawFrames)
+FRONTENDS.add("whisper", WhisperFrontend)
 
 
 def build_frontend(name: str, **kwargs: Any) -> Frontend:
     """Build a registered front-end; an unknown name or keyword is a :class:`ConfigError`."""
-    if name not in FRONTENDS:
-        raise ConfigError(f"unknown front-end {name!r}; choose one of {sorted(FRONTENDS)}")
-    cls = FRONTENDS[name]
+    cls = FRONTENDS.get(name)
     try:
         return cls(**kwargs)
     except TypeError as err:
