@@ -1,7 +1,7 @@
-"""Neural collapse: embedding folders, NC1-NC4 metrics, sampling strategies and embedding plots."""
+"""Neural collapse: embedding folders, NC1-NC4 metrics, sampling strategies, coverage and embedding plots.
 
-from .embeddings import EmbeddingSet, load_embeddings
-from .metrics import nc_metrics
-from .sampling import STRATEGIES, Selection, sample_folders
-
-__all__ = ["STRATEGIES", "EmbeddingSet", "Selection", "load_embeddings", "nc_metrics", "sample_folders"]
+Modules, in import order: ``metrics`` (NC1-NC4), ``embeddings`` (folders), ``frame`` (what every
+sampling strategy shares), ``strategies`` (the registered choices, ``STRATEGIES``), ``coverage``
+(what a selection kept), ``sampling`` (folders to a manifest), ``plot``. The package imports none of
+them, so the command line can read the strategy registry without loading pandas.
+"""
