@@ -259,7 +259,7 @@ def _check_sampling(recipe: Recipe, path: str | Path) -> None:
     valid_options = [name for name in options_of if name not in not_options]
     choices = {name: getattr(sampling, const) for name, const in
                [("fake_mode", "FAKE_MODES"), ("real_mode", "REAL_MODES"), ("metric", "METRICS"),
-                ("order", "ORDERS")] if hasattr(sampling, const)}
+                ("order", "ORDERS"), ("combine", "COMBINES")] if hasattr(sampling, const)}
     for key in ("fake_mode", "metric"):
         value = getattr(recipe.sampling, key)
         if key in choices and value not in choices[key]:
@@ -278,6 +278,11 @@ def _check_sampling(recipe: Recipe, path: str | Path) -> None:
             if key in choices and value not in choices[key]:
                 raise ConfigError(f"{where} ({variant.name}): {key} {value!r} is not one of "
                                   f"{', '.join(choices[key])}")
+        if hasattr(sampling, "check_takes"):
+            try:
+                sampling.check_takes(sampling.STRATEGIES.get(variant.strategy), variant.options)
+            except ConfigError as err:
+                raise ConfigError(f"{where} ({variant.name}): {err}") from None
         names.append(variant.name)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
