@@ -100,6 +100,20 @@ def test_options_a_strategy_does_not_take_are_errors():
         select("nc", x, y, 0.2, min_margin=1.0)
 
 
+def test_check_options_without_data():
+    from ncdetect.collapse.sampling import check_options
+
+    check_options("nc", 0.25, order="auto", real_mode="speaker", cross_source=True)
+    with pytest.raises(ConfigError, match="unknown strategy 'ncc'"):
+        check_options("ncc")
+    with pytest.raises(ConfigError, match="real_mode must be one of class, speaker, kmeans, spread"):
+        check_options("nc", real_mode="attack")
+    with pytest.raises(ConfigError, match="cross-source views apply to"):
+        check_options("herding", cross_source=True)
+    with pytest.raises(ConfigError, match="order_switch must be in"):
+        check_options("nc", order="auto", order_switch=0)
+
+
 def test_uses_seed():
     assert uses_seed("random") and uses_seed("kcenter")
     assert not uses_seed("nc") and not uses_seed("nc-kcenter") and not uses_seed("farthest")

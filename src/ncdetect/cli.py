@@ -14,15 +14,7 @@ from typing import Any, Optional
 import typer
 
 from . import __version__
-from .collapse.frame import (
-    COMBINES,
-    DEFAULT_ORDER_SWITCH,
-    DEFAULT_POOL_FACTOR,
-    FAKE_MODES,
-    METRICS,
-    ORDERS,
-    REAL_MODES,
-)
+from .collapse import frame as sampling_frame
 from .collapse.strategies import STRATEGIES
 from .data.corpora import ADAPTERS
 from .errors import NcdetectError
@@ -191,11 +183,11 @@ def _choices(name: str, values: Sequence[str]) -> Any:
 
 # The sampling choices come from the strategy registry and the frame's constants (numpy only to import).
 SampleStrategy = _choices("SampleStrategy", STRATEGIES.names())
-FakeMode = _choices("FakeMode", FAKE_MODES)
-RealMode = _choices("RealMode", REAL_MODES)
-SampleOrder = _choices("SampleOrder", ORDERS)
-CombineSpaces = _choices("CombineSpaces", COMBINES)
-DistanceMetric = _choices("DistanceMetric", METRICS)
+FakeMode = _choices("FakeMode", sampling_frame.FAKE_MODES)
+RealMode = _choices("RealMode", sampling_frame.REAL_MODES)
+SampleOrder = _choices("SampleOrder", sampling_frame.ORDERS)
+CombineSpaces = _choices("CombineSpaces", sampling_frame.COMBINES)
+DistanceMetric = _choices("DistanceMetric", sampling_frame.METRICS)
 
 
 class ProjectionMethod(str, Enum):
@@ -266,7 +258,8 @@ def sample_cmd(
         "farthest, or auto: near below --order-switch, far at or above it (per class rate)."
     ),
     order_switch: float = typer.Option(
-        DEFAULT_ORDER_SWITCH, "--order-switch", help="The rate at which --order auto turns from near to far."
+        sampling_frame.DEFAULT_ORDER_SWITCH, "--order-switch",
+        help="The rate at which --order auto turns from near to far.",
     ),
     metric: DistanceMetric = typer.Option(
         "euclidean", "--metric", help="Euclidean distance to the class means, or 1 - cosine."
@@ -285,7 +278,7 @@ def sample_cmd(
         "(index.csv score > M for bonafide, < -M for spoof) are eligible; too few: filled from the rest."
     ),
     pool_factor: float = typer.Option(
-        DEFAULT_POOL_FACTOR, "--pool-factor", help="nc-kcenter: the nc candidate pool holds "
+        sampling_frame.DEFAULT_POOL_FACTOR, "--pool-factor", help="nc-kcenter: the nc candidate pool holds "
         "ceil(factor * k) samples."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random, kcenter, kmeans."),

@@ -202,18 +202,19 @@ class Context:
         return None if self.keys is None else self.keys[rows]
 
 
-def prepare(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    options: Options,
-    *,
-    attacks: Sequence[str] | np.ndarray | None = None,
-    speakers: Sequence[str] | np.ndarray | None = None,
-    utt_ids: Sequence[str] | np.ndarray | None = None,
-    scores: Sequence[float] | np.ndarray | None = None,
-    views: Sequence[np.ndarray] = (),
-    stream: str | None = None,
-) -> Context:
+@dataclass(frozen=True)
+class RowData:
+    """What comes with the embeddings: per-row columns (N long, or None), other views, the stream name."""
+
+    attacks: Sequence[str] | np.ndarray | None = None
+    speakers: Sequence[str] | np.ndarray | None = None
+    utt_ids: Sequence[str] | np.ndarray | None = None
+    scores: Sequence[float] | np.ndarray | None = None  # the source model's logit(bonafide) - logit(spoof)
+    views: Sequence[np.ndarray] = ()
+    stream: str | None = None
+
+
+def prepare(embeddings: np.ndarray, labels: np.ndarray, options: Options, data: RowData) -> Context:
     check_embeddings(embeddings, "embeddings")
     n = embeddings.shape[0]
     labels = np.asarray(labels)
@@ -222,8 +223,8 @@ def prepare(
     if n and not np.isin(labels, (SPOOF, BONAFIDE)).all():
         raise NcdetectError("labels must be 0 (spoof) or 1 (bonafide)")
     labels = labels.astype(np.int64, copy=False)
-    keys = as_column(utt_ids, n, "utt_ids")
-    groups = {SPOOF: as_column(attacks, n, "attacks"), BONAFIDE: as_column(speakers, n, "speakers")}
+    keys = as_column(data.utt_ids, n, "utt_ids")
+    groups = {SPOOF: as_column(data.attacks, n, "attacks"), BONAFIDE: as_column(data.speakers, n, "speakers")}
     for c, mode in options.modes.items():
         if mode == GROUP_MODE[c] and groups[c] is None:
             name = "fake_mode" if c == SPOOF else "real_mode"
@@ -234,9 +235,9 @@ def prepare(
         f"class {class_name(c)} has no samples; skipped" for c in (SPOOF, BONAFIDE) if counts[c] == 0
     ]
     score = distances_to_own_mean(embeddings, labels, means, options.metric)
-    if views:
+    if data.views:
         spaces = [score]
-        for i, view in enumerate(views):
+        for i, view in enumerate(data.views):
             check_embeddings(view, f"views[{i}]")
             if view.shape[0] != n:
                 raise NcdetectError(f"views[{i}] has {view.shape[0]} rows for {n} embeddings; "
@@ -246,11 +247,9 @@ def prepare(
         score = combine_spaces(spaces, labels, options.combine)
     eligible = None
     if options.min_margin is not None:
-        eligible = margin_mask(scores, labels, options.min_margin)
-    return Context(
-        embeddings, labels, options, keys, groups, means, counts, score, eligible,
-        None if stream is None else stream_key(stream), notices,
-    )
+        eligible = margin_mask(data.scores, labels, options.min_margin)
+    stream = None if data.stream is None else stream_key(data.stream)
+    return Context(embeddings, labels, options, keys, groups, means, counts, score, eligible, stream, notices)
 
 
 def check_embeddings(x: Any, name: str) -> None:

@@ -141,7 +141,9 @@ def nc_metrics(
     sigma_w /= n
     sigma_b = centred.T @ centred / k
 
-    pinv_b = np.linalg.pinv(sigma_b, hermitian=True, rtol=None)
+    # The array-API cutoff (numpy 2's rtol=None), spelled so that numpy 1.24 computes the same.
+    cutoff = max(sigma_b.shape) * np.finfo(sigma_b.dtype).eps
+    pinv_b = np.linalg.pinv(sigma_b, rcond=cutoff, hermitian=True)
     nc1 = float(np.trace(sigma_w @ pinv_b) / k)
 
     norms = np.linalg.norm(centred, axis=1)

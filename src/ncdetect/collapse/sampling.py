@@ -46,9 +46,21 @@ from .strategies import STRATEGIES, Strategy, check_takes, greedy_herding, greed
 
 __all__ = [
     "COMBINES", "DEFAULT_ORDER_SWITCH", "DEFAULT_POOL_FACTOR", "FAKE_MODES", "METRICS", "ORDERS",
-    "REAL_MODES", "STRATEGIES", "Selection", "Strategy", "check_rate", "distance_to", "format_summary",
-    "greedy_herding", "greedy_kcenter", "n_keep", "sample_folders", "select", "summary_path", "uses_seed",
+    "REAL_MODES", "STRATEGIES", "Selection", "Strategy", "check_options", "check_rate", "distance_to",
+    "format_summary", "greedy_herding", "greedy_kcenter", "n_keep", "sample_folders", "select",
+    "summary_path", "uses_seed",
 ]
+
+
+def check_options(strategy: str, rate: float = 0.1, *, cross_source: bool = False, **options: Any) -> None:
+    """Check a strategy name and ``sample_folders`` options without any data (a recipe, before work).
+
+    Raises the ConfigError that ``sample_folders`` would: an unknown strategy ("valid: ..."), a value
+    out of its choices or range, or an option that the strategy does not take.
+    """
+    chosen = STRATEGIES.get(strategy)
+    make_options(rate, **options)
+    check_takes(chosen, {**options, "views": ("cross-source",) if cross_source else ()})
 
 
 def summary_path(out: str | Path) -> Path:
@@ -90,13 +102,11 @@ def sample_folders(
     from ..fileio import ensure_writable_dir, write_json
     from .embeddings import load_embeddings
 
-    chosen = STRATEGIES.get(strategy)
     options = dict(real_rate=real_rate, fake_rate=fake_rate, fake_mode=fake_mode, real_mode=real_mode,
                    metric=metric, seed=seed, order=order, order_switch=order_switch, min_margin=min_margin,
                    pool_factor=pool_factor, combine=combine)
     # Check every option before any long work, with the names the command line uses.
-    make_options(rate, **options)
-    check_takes(chosen, {**options, "views": ("cross-source",) if cross_source else ()})
+    check_options(strategy, rate, cross_source=cross_source, **options)
     if not emb_dirs:
         raise ConfigError("no embedding folders given")
     if out is not None:

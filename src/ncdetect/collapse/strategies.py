@@ -47,6 +47,7 @@ from .frame import (
     DEFAULT_POOL_FACTOR,
     Choose,
     ClassView,
+    RowData,
     Selection,
     make_options,
     prepare,
@@ -132,8 +133,9 @@ def select(
     chosen = STRATEGIES.get(name)
     check_takes(chosen, {**options, "views": tuple(views)})
     opts = make_options(rate, **options)
-    ctx = prepare(embeddings, labels, opts, attacks=attacks, speakers=speakers, utt_ids=utt_ids,
-                  scores=scores, views=views, stream=stream)
+    data = RowData(attacks=attacks, speakers=speakers, utt_ids=utt_ids, scores=scores, views=views,
+                   stream=stream)
+    ctx = prepare(embeddings, labels, opts, data)
     return run(chosen.choose, ctx, fixed_order=chosen.fixed_order)
 
 
