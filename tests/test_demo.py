@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.demo, pytest.mark.timeout(3600)]
 
 
 def _missing() -> str | None:
-    from ncdetect.data.demo import prompts
-    from ncdetect.data.demo.build import check_requirements
+    from ncdetect.demo import prompts
+    from ncdetect.demo.build import check_requirements
     from ncdetect.errors import NcdetectError
 
     try:

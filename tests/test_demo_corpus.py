@@ -17,10 +17,10 @@ import pytest
 import soundfile as sf
 
 from ncdetect.cues import leading_silence
-from ncdetect.data.demo import build, channel, equalise, generators, prompts
-from ncdetect.data.demo.build import DEMO_KEYS, PLAN, build_demo_corpus, plan_clips, split_prompts
-from ncdetect.data.demo.equalise import CHANNEL_CODECS, Draws
 from ncdetect.data.manifest import COLUMNS, read_manifest
+from ncdetect.demo import build, channel, equalise, generators, prompts
+from ncdetect.demo.build import DEMO_KEYS, PLAN, build_demo_corpus, plan_clips, split_prompts
+from ncdetect.demo.equalise import CHANNEL_CODECS, Draws
 from ncdetect.errors import NcdetectError, ProtocolError
 
 SR = 16_000
@@ -316,3 +316,22 @@ def test_refuses_to_delete_an_audio_folder_it_did_not_make(tmp_path, monkeypatch
     with pytest.raises(NcdetectError, match="no demo build made"):
         build_demo_corpus(tmp_path, seed=1, max_prompts=8, progress=False)
     assert (tmp_path / "audio" / "mine.wav").is_file()
+
+
+def test_describe_corpus_reads_the_marker_file(tmp_path):
+    """What `ncdetect demo-corpus` prints comes from demo_corpus.json alone (no packages needed)."""
+    from ncdetect.demo import describe_corpus
+
+    (tmp_path / "demo_corpus.json").write_text(json.dumps({
+        "prompts": {"en": {"used": 8, "available": 10, "skipped": {"too short": 2}},
+                    "es": {"used": 8, "available": 8, "skipped": {}}},
+        "counts": {"demo_target": {"clips": 12, "bonafide": 4, "spoof": 8}},
+        "trivial_cue_eers": {"demo_target": {"duration": 48.04, "rms": 51.0}},
+    }))
+    text = describe_corpus(tmp_path, {"demo_target": tmp_path / "demo_target.csv"})
+    assert text.splitlines() == [
+        "en prompts: 8 used of 10 usable (not usable: 2 too short)",
+        "es prompts: 8 used of 8 usable (not usable: none)",
+        f"{tmp_path / 'demo_target.csv'}: 12 clips (4 bonafide, 8 spoof)",
+        "trivial-cue EERs on demo_target (50% = no cue, the floor is 30%): duration 48.0%, rms 51.0%",
+    ]

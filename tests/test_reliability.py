@@ -348,7 +348,7 @@ def test_unwritable_output_is_one_line_before_long_work(
     import ncdetect.collapse.embeddings
     import ncdetect.data.corpora
     import ncdetect.data.dataset
-    import ncdetect.data.demo_corpus
+    import ncdetect.demo.run
     import ncdetect.evaluate
     import ncdetect.pipeline
     import ncdetect.score
@@ -360,7 +360,7 @@ def test_unwritable_output_is_one_line_before_long_work(
         monkeypatch.setattr(ncdetect.score, "infer_batches", _long_work)
         monkeypatch.setattr(ncdetect.collapse.embeddings, "load_embeddings", _long_work)
         monkeypatch.setattr(ncdetect.pipeline, "STAGES", [_long_work])
-        monkeypatch.setattr(ncdetect.data.demo_corpus, "build_demo_corpus", _long_work)
+        monkeypatch.setattr(ncdetect.demo.run, "build_demo_corpus", _long_work)
         monkeypatch.setitem(ncdetect.data.corpora.ADAPTERS._items, "csv", _long_work)  # the registry's table
         monkeypatch.setattr(ncdetect.evaluate, "read_scores", _long_work)
         recipe = tmp_path / "recipe.yaml"

@@ -6,16 +6,13 @@ Each command imports its stage lazily so that ``ncdetect --help`` stays fast.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from . import __version__
-from .collapse import frame as sampling_frame
-from .collapse.strategies import STRATEGIES
 from .data.corpora import ADAPTERS
 from .errors import NcdetectError
 
@@ -80,21 +77,9 @@ def demo_corpus_cmd(
 ) -> None:
     """Build the demo corpus from Debian packages: Allison's Asterisk prompts (en, es) as bonafide;
     espeak-ng, festival kal_diphone, WORLD and Griffin-Lim re-syntheses of the same prompts as spoof."""
-    import json
+    from .demo import build_and_describe
 
-    from .data.demo_corpus import build_demo_corpus
-
-    manifests = build_demo_corpus(out, quick=quick, seed=seed, max_prompts=max_prompts)
-    summary = json.loads((Path(out) / "demo_corpus.json").read_text(encoding="utf-8"))
-    for lang, p in summary["prompts"].items():
-        skipped = ", ".join(f"{n} {why}" for why, n in p["skipped"].items()) or "none"
-        typer.echo(f"{lang} prompts: {p['used']} used of {p['available']} usable (not usable: {skipped})")
-    for key, path in manifests.items():
-        c = summary["counts"][key]
-        typer.echo(f"{path}: {c['clips']} clips ({c['bonafide']} bonafide, {c['spoof']} spoof)")
-    eers = summary["trivial_cue_eers"]["demo_target"]
-    shown = ", ".join(f"{name} {eer:.1f}%" for name, eer in eers.items())
-    typer.echo(f"trivial-cue EERs on demo_target (50% = no cue, the floor is 30%): {shown}")
+    typer.echo(build_and_describe(out, quick=quick, seed=seed, max_prompts=max_prompts))
 
 
 # --- train ---------------------------------------------------------------------------------------
@@ -176,18 +161,26 @@ def embed_cmd(
         typer.echo(path / "embeddings.npy")
 
 
-def _choices(name: str, values: Sequence[str]) -> Any:
-    """A str Enum for typer whose members are ``values`` (from a registry or a module's constants)."""
-    return Enum(name, {value: value for value in values}, type=str)
+class SampleStrategy(str, Enum):
+    """Names match ncdetect.collapse.sampling.STRATEGIES (a test checks this)."""
+
+    nc = "nc"
+    random = "random"
+    farthest = "farthest"
+    kcenter = "kcenter"
+    herding = "herding"
 
 
-# The sampling choices come from the strategy registry and the frame's constants (numpy only to import).
-SampleStrategy = _choices("SampleStrategy", STRATEGIES.names())
-FakeMode = _choices("FakeMode", sampling_frame.FAKE_MODES)
-RealMode = _choices("RealMode", sampling_frame.REAL_MODES)
-SampleOrder = _choices("SampleOrder", sampling_frame.ORDERS)
-CombineSpaces = _choices("CombineSpaces", sampling_frame.COMBINES)
-DistanceMetric = _choices("DistanceMetric", sampling_frame.METRICS)
+class FakeMode(str, Enum):
+    class_ = "class"
+    attack = "attack"
+    kmeans = "kmeans"
+    spread = "spread"
+
+
+class DistanceMetric(str, Enum):
+    euclidean = "euclidean"
+    cosine = "cosine"
 
 
 class ProjectionMethod(str, Enum):
@@ -234,10 +227,7 @@ def collapse_cmd(
 @app.command("sample")
 def sample_cmd(
     emb: list[Path] = typer.Argument(..., help="Embedding folders, one per source model and corpus."),
-    strategy: SampleStrategy = typer.Option(
-        ..., "--strategy", help="Selection strategy: " + "; ".join(
-            f"{name}: {STRATEGIES.get(name).summary}" for name in STRATEGIES.names()) + "."
-    ),
+    strategy: SampleStrategy = typer.Option(..., "--strategy", help="Selection strategy."),
     rate: float = typer.Option(..., "--rate", help="Fraction of each class to keep, in (0, 1]."),
     real_rate: Optional[float] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
         None, "--real-rate", help="Fraction of bonafide to keep (default --rate)."
@@ -246,58 +236,23 @@ def sample_cmd(
         None, "--fake-rate", help="Fraction of spoof to keep (default --rate)."
     ),
     fake_mode: FakeMode = typer.Option(
-        "class", "--fake-mode", help="How nc spreads the spoof budget: over the class, per attack, "
+        FakeMode.class_, "--fake-mode", help="How nc spreads the spoof budget: over the class, per attack, "
         "per k-means cluster, or across distance quantiles."
-    ),
-    real_mode: RealMode = typer.Option(
-        "class", "--real-mode", help="How nc spreads the bonafide budget: over the class, per speaker, "
-        "per k-means cluster, or across distance quantiles."
-    ),
-    order: SampleOrder = typer.Option(
-        "near", "--order", help="nc, nc-kcenter: keep the nearest to the class mean (the paper), the "
-        "farthest, or auto: near below --order-switch, far at or above it (per class rate)."
-    ),
-    order_switch: float = typer.Option(
-        sampling_frame.DEFAULT_ORDER_SWITCH, "--order-switch",
-        help="The rate at which --order auto turns from near to far.",
     ),
     metric: DistanceMetric = typer.Option(
-        "euclidean", "--metric", help="Euclidean distance to the class means, or 1 - cosine."
-    ),
-    cross_source: bool = typer.Option(
-        False, "--cross-source", help="Folders holding the same (dataset, utt_id) rows are views of one pool "
-        "(one training set embedded by several source models): score each sample by its distances in all "
-        "of them (the first folder of a pool is its primary view)."
-    ),
-    combine: CombineSpaces = typer.Option(
-        "rank", "--combine", help="With --cross-source: average per-space rank-normalised or z-scored "
-        "distances."
-    ),
-    min_margin: Optional[float] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
-        None, "--min-margin", help="Only samples the source model classifies correctly with this margin "
-        "(index.csv score > M for bonafide, < -M for spoof) are eligible; too few: filled from the rest."
-    ),
-    pool_factor: float = typer.Option(
-        sampling_frame.DEFAULT_POOL_FACTOR, "--pool-factor", help="nc-kcenter: the nc candidate pool holds "
-        "ceil(factor * k) samples."
+        DistanceMetric.euclidean, "--metric", help="Euclidean distance to the class means, or 1 - cosine."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random, kcenter, kmeans."),
-    no_coverage: bool = typer.Option(
-        False, "--no-coverage", help="Skip the coverage of the pool (shares kept, NN distances, NC1)."
-    ),
     out: Path = typer.Option(..., "--out", help="Manifest to write (.csv or .parquet); the summary goes "
                              "to <stem>.summary.json beside it."),
 ) -> None:
     """Select a compact training set from embedding folders: per source and class, the k_c =
-    max(1, round(r * N_c)) samples chosen by the strategy; the union is deduplicated by (dataset, utt_id).
-    The summary gives counts per class, attack and source and the coverage of the pool."""
+    max(1, round(r * N_c)) samples chosen by the strategy; the union is deduplicated by (dataset, utt_id)."""
     from .collapse.sampling import format_summary, sample_folders, summary_path
 
     df = sample_folders(
         emb, strategy=strategy.value, rate=rate, real_rate=real_rate, fake_rate=fake_rate,
         fake_mode=fake_mode.value, metric=metric.value, seed=seed, out=out, progress=sys.stderr.isatty(),
-        real_mode=real_mode.value, order=order.value, order_switch=order_switch, min_margin=min_margin,
-        pool_factor=pool_factor, cross_source=cross_source, combine=combine.value, coverage=not no_coverage,
     )
     summary = df.attrs["summary"]
     for note in summary["notices"]:
@@ -507,10 +462,9 @@ def demo_cmd(
     ),
 ) -> None:
     """Build the demo corpus if it is missing, then run recipes/demo.yaml on it."""
-    from .pipeline import run_demo
+    from .demo import run_demo
 
-    report = run_demo(out, quick=quick, corpus=corpus, log=lambda m: typer.echo(m, err=True))
-    typer.echo(report)
+    typer.echo(run_demo(out, quick=quick, corpus=corpus, log=lambda m: typer.echo(m, err=True)))
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ import numpy as np
 import soundfile as sf
 
 from ..config import CodecAugmentConfig
+from ..demo.channel import _decode_cmd, _ffmpeg, _fit
 from ..errors import NcdetectError
-from .demo.channel import _decode_cmd, _ffmpeg, _fit
 
 SR = 16_000
 MP3_KBPS = (8, 16, 24, 32, 48, 64)

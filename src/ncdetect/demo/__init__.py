@@ -1,4 +1,5 @@
-"""The demo corpus: a small, licence-clean anti-spoofing corpus built on this machine in minutes.
+"""The demo: a small, licence-clean anti-spoofing corpus built on this machine in minutes, and the
+experiment of ``recipes/demo.yaml`` run on it (:func:`run_demo`, in :mod:`.run`).
 
 Bonafide: Allison Smith's Asterisk prompts in US English and Mexican Spanish (Debian packages
 ``asterisk-core-sounds-{en,es}-g722`` for the G.722 recordings and ``asterisk-core-sounds-{en,es}`` for
@@ -33,5 +34,15 @@ written atomically and cached so that a killed build resumes, and ``demo_corpus.
 """
 
 from .build import DEMO_KEYS, QUICK_PROMPTS, build_demo_corpus, check_requirements
+from .run import build_and_describe, demo_recipe_path, describe_corpus, run_demo
 
-__all__ = ["DEMO_KEYS", "QUICK_PROMPTS", "build_demo_corpus", "check_requirements"]
+__all__ = [
+    "DEMO_KEYS",
+    "QUICK_PROMPTS",
+    "build_and_describe",
+    "build_demo_corpus",
+    "check_requirements",
+    "demo_recipe_path",
+    "describe_corpus",
+    "run_demo",
+]

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
-from ..audio import trim_silence
+from ..data.audio import trim_silence
 
 SR = 16_000
 TRIM_TOP_DB = 40.0

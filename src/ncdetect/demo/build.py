@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ...errors import NcdetectError
-from ...fileio import atomic_path, ensure_writable_dir, write_json
-from ...progress import progress_bar
-from ..manifest import make_manifest, write_manifest
+from ..data.manifest import make_manifest, write_manifest
+from ..errors import NcdetectError
+from ..fileio import atomic_path, ensure_writable_dir, write_json
+from ..progress import progress_bar
 from . import channel, generators
 from .equalise import Draws, draw, equalise
 from .prompts import LANGUAGES, Prompt, load_prompts
@@ -305,8 +305,8 @@ def build_demo_corpus(
     build_raw(clips, work, seed, workers, progress)
     build_final(clips, out, work, seed, workers, progress)
 
-    from ...cues import trivial_cue_eers
-    from ..manifest import read_manifest
+    from ..cues import trivial_cue_eers
+    from ..data.manifest import read_manifest
 
     counts, cue_eers = {}, {}
     for key in DEMO_KEYS:

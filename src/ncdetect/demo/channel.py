@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ...errors import NcdetectError
+from ..errors import NcdetectError
 
 SR = 16_000
 

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ...errors import NcdetectError
+from ..errors import NcdetectError
 
 SR = 16_000
 TTS = ("espeak-ng", "festival-kal")

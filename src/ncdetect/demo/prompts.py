@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import NcdetectError, ProtocolError
+from ..errors import NcdetectError, ProtocolError
 
 SOUNDS_ROOT = Path("/usr/share/asterisk/sounds")
 DOC_ROOT = Path("/usr/share/doc")
