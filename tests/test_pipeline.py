@@ -22,7 +22,7 @@ TINY = {
 }
 
 
-def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1)) -> Path:
+def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1), extra_strategies=()) -> Path:
     src_a = make_corpus(root / "a", n_bonafide=8, n_spoof=16, attacks=("A01", "A02"), dataset="a", seed=1,
                         seconds=0.6)
     dev_a = make_corpus(root / "a_dev", n_bonafide=4, n_spoof=8, attacks=("A01", "A02"), dataset="adev",
@@ -40,7 +40,8 @@ def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1)) -> Path:
             {"name": "src_b", "train": str(src_b), "set": {**TINY, "model.name": "lcnn"}},
         ],
         "targets": [{"name": "tgt", "data": str(target)}],
-        "sampling": {"rates": list(rates), "strategies": ["nc", "random"], "fake_mode": "attack"},
+        "sampling": {"rates": list(rates), "strategies": ["nc", "random", *extra_strategies],
+                     "fake_mode": "attack"},
         "compact": {"set": {**TINY, "model.name": "tiny_resnet"}},
         "seeds": list(seeds),
         "report": {"bootstrap": 20},
@@ -52,7 +53,8 @@ def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1)) -> Path:
 
 @pytest.mark.slow
 def test_run_end_to_end_and_cache(tmp_path):
-    recipe = load_recipe(write_recipe(tmp_path / "data"))
+    cross = {"name": "nc-cross", "strategy": "nc", "options": {"cross_source": True}}
+    recipe = load_recipe(write_recipe(tmp_path / "data", extra_strategies=[cross]))
     out = tmp_path / "out"
     lines: list[str] = []
     results = run_recipe(recipe, out, log=lines.append)
@@ -64,7 +66,14 @@ def test_run_end_to_end_and_cache(tmp_path):
 
     # rows: full data, then nc and random at each rate
     names = [(r["strategy"], r["rate"]) for r in results["table"]]
-    assert names == [("full", 1.0), ("nc", 0.5), ("random", 0.5), ("nc", 0.25), ("random", 0.25)]
+    assert names == [("full", 1.0), ("nc", 0.5), ("random", 0.5), ("nc-cross", 0.5),
+                     ("nc", 0.25), ("random", 0.25), ("nc-cross", 0.25)]
+    # cross-source scoring: each source model also embedded the other source's training set, and the
+    # selection ranked every row in both spaces
+    views = sorted(p.name for p in out.glob("embeddings/*-on-*/*-on-*"))
+    assert views == ["src_a-on-src_b", "src_b-on-src_a"]
+    summary = json.loads(next(out.glob("samples/nc-cross-r0.5-s0-*/manifest.summary.json")).read_text())
+    assert summary["cross_source"] is True
     for row in results["table"]:
         assert row["n_seeds"] == 2
         assert 0 <= row["eer_tgt_mean"] <= 100 and math.isfinite(row["eer_tgt_std"])
@@ -91,7 +100,7 @@ def test_run_end_to_end_and_cache(tmp_path):
         assert p["nc_minus_full"] == pytest.approx(p["nc"] - head["full_eer"])
         assert len(p["nc_minus_full_ci95"]) == 2
     area = on_disk["comparisons"]["tgt"]["mean_eer_over_log_rate"]
-    assert set(area) == {"nc", "random"}
+    assert set(area) == {"nc", "random", "nc-cross"}
 
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
@@ -102,7 +111,8 @@ def test_run_end_to_end_and_cache(tmp_path):
 
     # a rerun finds every stage complete and retrains nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
-    again = run_recipe(load_recipe(write_recipe(tmp_path / "data")), out, log=lines.append)
+    again = run_recipe(load_recipe(write_recipe(tmp_path / "data", extra_strategies=[cross])), out,
+                       log=lines.append)
     assert again["table"] == results["table"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
 

@@ -6,13 +6,16 @@ Each command imports its stage lazily so that ``ncdetect --help`` stays fast.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from . import __version__
+from .collapse import frame as sampling_frame
+from .collapse.strategies import STRATEGIES
 from .data.corpora import ADAPTERS
 from .errors import NcdetectError
 
@@ -161,26 +164,18 @@ def embed_cmd(
         typer.echo(path / "embeddings.npy")
 
 
-class SampleStrategy(str, Enum):
-    """Names match ncdetect.collapse.sampling.STRATEGIES (a test checks this)."""
-
-    nc = "nc"
-    random = "random"
-    farthest = "farthest"
-    kcenter = "kcenter"
-    herding = "herding"
+def _choices(name: str, values: Sequence[str]) -> Any:
+    """A str Enum for typer whose members are ``values`` (from a registry or a module's constants)."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class FakeMode(str, Enum):
-    class_ = "class"
-    attack = "attack"
-    kmeans = "kmeans"
-    spread = "spread"
-
-
-class DistanceMetric(str, Enum):
-    euclidean = "euclidean"
-    cosine = "cosine"
+# The sampling choices come from the strategy registry and the frame's constants (numpy only to import).
+SampleStrategy = _choices("SampleStrategy", STRATEGIES.names())
+FakeMode = _choices("FakeMode", sampling_frame.FAKE_MODES)
+RealMode = _choices("RealMode", sampling_frame.REAL_MODES)
+SampleOrder = _choices("SampleOrder", sampling_frame.ORDERS)
+CombineSpaces = _choices("CombineSpaces", sampling_frame.COMBINES)
+DistanceMetric = _choices("DistanceMetric", sampling_frame.METRICS)
 
 
 class ProjectionMethod(str, Enum):
@@ -227,7 +222,10 @@ def collapse_cmd(
 @app.command("sample")
 def sample_cmd(
     emb: list[Path] = typer.Argument(..., help="Embedding folders, one per source model and corpus."),
-    strategy: SampleStrategy = typer.Option(..., "--strategy", help="Selection strategy."),
+    strategy: SampleStrategy = typer.Option(
+        ..., "--strategy", help="Selection strategy: " + "; ".join(
+            f"{name}: {STRATEGIES.get(name).summary}" for name in STRATEGIES.names()) + "."
+    ),
     rate: float = typer.Option(..., "--rate", help="Fraction of each class to keep, in (0, 1]."),
     real_rate: Optional[float] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
         None, "--real-rate", help="Fraction of bonafide to keep (default --rate)."
@@ -236,23 +234,58 @@ def sample_cmd(
         None, "--fake-rate", help="Fraction of spoof to keep (default --rate)."
     ),
     fake_mode: FakeMode = typer.Option(
-        FakeMode.class_, "--fake-mode", help="How nc spreads the spoof budget: over the class, per attack, "
+        "class", "--fake-mode", help="How nc spreads the spoof budget: over the class, per attack, "
         "per k-means cluster, or across distance quantiles."
     ),
+    real_mode: RealMode = typer.Option(
+        "class", "--real-mode", help="How nc spreads the bonafide budget: over the class, per speaker, "
+        "per k-means cluster, or across distance quantiles."
+    ),
+    order: SampleOrder = typer.Option(
+        "near", "--order", help="nc, nc-kcenter: keep the nearest to the class mean (the paper), the "
+        "farthest, or auto: near below --order-switch, far at or above it (per class rate)."
+    ),
+    order_switch: float = typer.Option(
+        sampling_frame.DEFAULT_ORDER_SWITCH, "--order-switch",
+        help="The rate at which --order auto turns from near to far.",
+    ),
     metric: DistanceMetric = typer.Option(
-        DistanceMetric.euclidean, "--metric", help="Euclidean distance to the class means, or 1 - cosine."
+        "euclidean", "--metric", help="Euclidean distance to the class means, or 1 - cosine."
+    ),
+    cross_source: bool = typer.Option(
+        False, "--cross-source", help="Folders holding the same (dataset, utt_id) rows are views of one pool "
+        "(one training set embedded by several source models): score each sample by its distances in all "
+        "of them (the first folder of a pool is its primary view)."
+    ),
+    combine: CombineSpaces = typer.Option(
+        "rank", "--combine", help="With --cross-source: average per-space rank-normalised or z-scored "
+        "distances."
+    ),
+    min_margin: Optional[float] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
+        None, "--min-margin", help="Only samples the source model classifies correctly with this margin "
+        "(index.csv score > M for bonafide, < -M for spoof) are eligible; too few: filled from the rest."
+    ),
+    pool_factor: float = typer.Option(
+        sampling_frame.DEFAULT_POOL_FACTOR, "--pool-factor", help="nc-kcenter: the nc candidate pool holds "
+        "ceil(factor * k) samples."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random, kcenter, kmeans."),
+    no_coverage: bool = typer.Option(
+        False, "--no-coverage", help="Skip the coverage of the pool (shares kept, NN distances, NC1)."
+    ),
     out: Path = typer.Option(..., "--out", help="Manifest to write (.csv or .parquet); the summary goes "
                              "to <stem>.summary.json beside it."),
 ) -> None:
     """Select a compact training set from embedding folders: per source and class, the k_c =
-    max(1, round(r * N_c)) samples chosen by the strategy; the union is deduplicated by (dataset, utt_id)."""
+    max(1, round(r * N_c)) samples chosen by the strategy; the union is deduplicated by (dataset, utt_id).
+    The summary gives counts per class, attack and source and the coverage of the pool."""
     from .collapse.sampling import format_summary, sample_folders, summary_path
 
     df = sample_folders(
         emb, strategy=strategy.value, rate=rate, real_rate=real_rate, fake_rate=fake_rate,
         fake_mode=fake_mode.value, metric=metric.value, seed=seed, out=out, progress=sys.stderr.isatty(),
+        real_mode=real_mode.value, order=order.value, order_switch=order_switch, min_margin=min_margin,
+        pool_factor=pool_factor, cross_source=cross_source, combine=combine.value, coverage=not no_coverage,
     )
     summary = df.attrs["summary"]
     for note in summary["notices"]:

@@ -36,13 +36,20 @@ from .sysinfo import machine_info
 
 T = TypeVar("T")
 
-# Strategies whose selection does not depend on the seed (ties are broken by utt_id).
-SEED_FREE = {"nc", "farthest", "herding", FULL}
-
-
 def _seed_free(variant: VariantSpec) -> bool:
-    # k-means clustering (of either class) makes a selection depend on the seed.
-    return variant.strategy in SEED_FREE and "kmeans" not in variant.options.values()
+    """A selection that does not depend on the seed (ties are broken by utt_id) is drawn once."""
+    from .collapse.sampling import uses_seed
+
+    if variant.strategy == FULL:
+        return True
+    modes = {k: variant.options[k] for k in ("fake_mode", "real_mode") if k in variant.options}
+    return not uses_seed(variant.strategy, **modes)
+
+
+def _cross_source(recipe: Recipe) -> bool:
+    """Whether some selection scores samples in every source model's space (each model embeds every
+    source's training set)."""
+    return any(v.options.get("cross_source") for v in recipe.sampling.variants())
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Experiment:
     source_runs: dict[str, Path] = field(default_factory=dict)
     source_keys: dict[str, str] = field(default_factory=dict)
     embeddings: dict[str, Path] = field(default_factory=dict)
+    cross_embeddings: list[Path] = field(default_factory=list)  # model j on source i's data, i != j
     collapse: dict[str, dict] = field(default_factory=dict)
     samples: dict[tuple[str, float, int], Path] = field(default_factory=dict)
     compact_runs: dict[tuple[str, float, int], tuple[Path, dict]] = field(default_factory=dict)
@@ -293,6 +301,31 @@ def stage_embed_and_collapse(exp: Experiment) -> None:
 
         exp.collapse[src.name] = exp.run_stage("embed", src.name, embed)
         exp.embeddings[src.name] = emb_dir
+    if _cross_source(exp.recipe):
+        _embed_across_sources(exp)
+
+
+def _embed_across_sources(exp: Experiment) -> None:
+    """Every source model embeds every other source's training set, for cross-source scoring."""
+    from .embed import embed_manifest
+
+    for model in exp.recipe.sources:
+        for data in exp.recipe.sources:
+            if model.name == data.name:
+                continue
+            name = f"{model.name}-on-{data.name}"
+            stage = exp.stage("embeddings", name, {"source": exp.source_keys[model.name],
+                                                   "data": _file_digest(exp.manifests[f"{data.name}/train"])})
+            emb_dir = stage.dir / name
+
+            def embed(stage: Stage = stage, emb_dir: Path = emb_dir, model: str = model.name,
+                      data: str = data.name) -> None:
+                if not stage.done:
+                    embed_manifest(exp.source_runs[model], exp.manifests[f"{data}/train"], emb_dir)
+                    stage.finish()
+
+            exp.run_stage("embed", name, embed)
+            exp.cross_embeddings.append(emb_dir)
 
 
 # --- 5. sample -----------------------------------------------------------------------------------
@@ -316,15 +349,17 @@ def stage_sample(exp: Experiment) -> None:
     for variant, rate, seed in _sampling_plan(exp.recipe):
         name = _run_name(variant.name, rate, seed)
         payload = {"emb": emb_keys, "strategy": variant.strategy, "options": variant.options, "rate": rate,
-                   "seed": seed}
+                   "seed": seed, "views": [p.parent.name for p in exp.cross_embeddings]}
         stage = exp.stage("samples", name, payload)
         out = stage.dir / "manifest.csv"
 
         def sample(stage: Stage = stage, out: Path = out, variant: VariantSpec = variant, rate: float = rate,
                    seed: int = seed) -> None:
             if not stage.done:
-                sample_folders(folders, strategy=variant.strategy, rate=rate, seed=seed, out=out,
-                               **variant.options)
+                # Own embeddings first: the first view of each pool is its primary one.
+                views = exp.cross_embeddings if variant.options.get("cross_source") else []
+                sample_folders([*folders, *views], strategy=variant.strategy, rate=rate, seed=seed,
+                               out=out, **variant.options)
                 stage.finish()
 
         exp.run_stage("sample", name, sample)
