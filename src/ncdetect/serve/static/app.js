@@ -145,7 +145,8 @@ function timeline(r, index) {
     s: w.score,
   }));
   const end = Math.max(r.duration_s, ...points.map((p) => p.t), 1e-3);
-  const span = Math.max(1, ...points.map((p) => Math.abs(p.s - r.threshold))) * 1.15;
+  // Scaled to the data (the axis says how far): small moves of a confident model stay visible.
+  const span = Math.max(0.1, ...points.map((p) => Math.abs(p.s - r.threshold))) * 1.2;
   const lo = r.threshold - span, hi = r.threshold + span;
   const x = (t) => left + (t / end) * (W - left - right);
   const y = (s) => top + ((hi - s) / (hi - lo)) * (H - top - bottom);
@@ -169,7 +170,7 @@ function timeline(r, index) {
   svg("line", { x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, stroke: "#57606a" }, root);
   svg("line", { x1: left, x2: left, y1: top, y2: H - bottom, stroke: "#57606a" }, root);
   for (const s of [hi, r.threshold, lo]) {
-    svg("text", { x: left - 4, y: y(s) + 4, "text-anchor": "end" }, root).textContent = s.toFixed(1);
+    svg("text", { x: left - 4, y: y(s) + 4, "text-anchor": "end" }, root).textContent = s.toFixed(span < 1 ? 2 : 1);
   }
   const ticks = 5;
   for (let i = 0; i <= ticks; i++) {
