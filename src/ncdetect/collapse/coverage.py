@@ -31,7 +31,7 @@ from .. import BONAFIDE, SPOOF
 from ..errors import NcdetectError
 from .metrics import class_name, nc_metrics
 
-MAX_POINTS = 1_000
+MAX_POINTS = 500
 MAX_HEADER_ROWS = 20_000
 MAX_NC1_ROWS = 200_000
 # Rows per block of the nearest-neighbour search: 1,024 x 16,384 float32 distances are 64 MiB.
@@ -133,22 +133,35 @@ def shares(pool: pd.DataFrame, kept: np.ndarray, progress: bool = False) -> tupl
 
 
 def nearest_distance(query: np.ndarray, ref: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Distance from each query row to its nearest ref row; ``exclude[i]`` is a ref row query i skips."""
+    """Distance from each query row to its nearest ref row; ``exclude[i]`` is a ref row query i skips.
+
+    The nearest row is found with float32 matrix products on centred data (||r||^2 - 2 q.r, blockwise),
+    and its distance is then computed exactly, in float64 from the difference, so exact duplicates give
+    0 and near-ties can only swap neighbours at equal distance.
+    """
     import torch
 
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
     r = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
+    centre = r.mean(dim=0)
+    q, r = q - centre, r - centre
+    r_sq = (r * r).sum(dim=1)
     best = torch.full((q.shape[0],), float("inf"))
+    arg = torch.zeros(q.shape[0], dtype=torch.int64)
     for s in range(0, r.shape[0], REF_ROWS):
-        block = r[s : s + REF_ROWS]
+        block, block_sq = r[s : s + REF_ROWS], r_sq[s : s + REF_ROWS]
         for t in range(0, q.shape[0], QUERY_ROWS):
-            d = torch.cdist(q[t : t + QUERY_ROWS].double(), block.double())
+            score = torch.addmm(block_sq[None, :], q[t : t + QUERY_ROWS], block.T, alpha=-2.0)
             if exclude is not None:
                 own = torch.from_numpy(exclude[t : t + QUERY_ROWS] - s)
                 hit = (own >= 0) & (own < block.shape[0])
-                d[torch.nonzero(hit).squeeze(1), own[hit]] = float("inf")
-            best[t : t + QUERY_ROWS] = torch.minimum(best[t : t + QUERY_ROWS], d.min(dim=1).values.float())
-    return best.double().numpy()
+                score[torch.nonzero(hit).squeeze(1), own[hit]] = float("inf")
+            value, index = score.min(dim=1)
+            better = value < best[t : t + QUERY_ROWS]
+            best[t : t + QUERY_ROWS] = torch.where(better, value, best[t : t + QUERY_ROWS])
+            arg[t : t + QUERY_ROWS] = torch.where(better, index + s, arg[t : t + QUERY_ROWS])
+    diff = np.asarray(query, dtype=np.float64) - np.asarray(ref[arg.numpy()], dtype=np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
 def _draw(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:

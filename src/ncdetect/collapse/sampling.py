@@ -60,7 +60,7 @@ def check_options(strategy: str, rate: float = 0.1, *, cross_source: bool = Fals
     """
     chosen = STRATEGIES.get(strategy)
     make_options(rate, **options)
-    check_takes(chosen, {**options, "views": ("cross-source",) if cross_source else ()})
+    check_takes(chosen, {**options, "cross_source": cross_source})
 
 
 def summary_path(out: str | Path) -> Path:

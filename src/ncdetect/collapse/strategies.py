@@ -140,7 +140,13 @@ def select(
 
 
 def check_takes(chosen: Strategy, options: dict[str, Any]) -> None:
-    """An option away from its default, for a strategy that does not take it, is a ConfigError."""
+    """An option away from its default, for a strategy that does not take it, is a ConfigError.
+
+    ``options`` are keyword options of ``select`` or of ``sample_folders`` (``cross_source=True`` counts
+    as views); other keys are not looked at.
+    """
+    if options.get("cross_source"):
+        options = {**options, "views": ("cross-source",)}
     for option, (capability, default) in GATED.items():
         value = options.get(option, default)
         if capability in chosen.takes or value == default:
