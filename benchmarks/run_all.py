@@ -28,7 +28,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import Threads, format_rows  # noqa: E402
 
-MODULES = ["bench_data", "bench_models", "bench_sampling", "bench_scoring", "bench_serve", "bench_gpu"]
+MODULES = [
+    "bench_data", "bench_models", "bench_sampling", "bench_scoring", "bench_serve", "bench_whisper",
+    "bench_gpu",
+]
 REGRESSION_TOLERANCE = 0.10
 
 
