@@ -232,3 +232,21 @@ def test_example_config_builds_with_attn_mlp():
     assert model(feats).shape == (2, 2) and model.embed(feats).shape == (2, 256)
     assert pd.Series([k.split(".")[0] for k in model.state_dict()]).isin(
         ["trunk", "embedding", "head", "attention"]).all()
+
+
+def test_demo_whisper_recipe_resolves_to_valid_configs(tmp_path):
+    from ncdetect.pipeline import _train_config
+    from ncdetect.recipe import load_recipe
+
+    names = ["DEMO_TARGET", "DEMO_TTS_EN_TRAIN", "DEMO_TTS_EN_DEV", "DEMO_VOC_ES_TRAIN", "DEMO_VOC_ES_DEV"]
+    variables = {n: str(tmp_path / f"{n.lower()}.csv") for n in names}
+    path = Path(__file__).parents[1] / "src/ncdetect/recipes/demo_whisper.yaml"
+    for extra, frontend, codec in (({}, "whisper", False), ({"CODEC": "true"}, "whisper", True),
+                                   ({"COMPACT_CONFIG": "../configs/tiny_resnet.yaml"}, "logmel", False)):
+        recipe = load_recipe(path, {**variables, **extra})
+        compact = _train_config(recipe.compact.config, recipe.compact.set, 0)
+        assert compact.frontend.name == frontend and compact.augment.codec.enabled is codec
+        assert compact.model.name == "tiny_resnet" and compact.data.cache_dir is None
+    sources = [_train_config(s.config, s.set, 0) for s in recipe.sources]
+    assert [s.frontend.name for s in sources] == ["whisper", "whisper"]
+    assert [s.model.name for s in sources] == ["tiny_resnet", "attn_mlp"]
