@@ -118,9 +118,9 @@ def train_cmd(
 
     Multi-GPU / multi-node: launch with torchrun, e.g. `torchrun --nproc_per_node 4 -m ncdetect.cli train ...`
     (data.batch_size is per process)."""
-    import os
-
     from .config import load_config
+    from .distributed import is_main_process
+    from .runs import MODEL_FILE
     from .train import train
 
     cfg = load_config(config, set_)
@@ -128,10 +128,10 @@ def train_cmd(
         cfg, train_manifest, out, dev_manifest=dev, resume=resume, skip_bad=skip_bad, force=force,
         progress=True,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         best = metrics["dev_eer_at_best"]
         tail = f" (dev EER {best:.2f}%)" if best is not None else ""
-        typer.echo(f"{out / 'model.safetensors'}: epoch {metrics['best_epoch']}{tail}")
+        typer.echo(f"{out / MODEL_FILE}: epoch {metrics['best_epoch']}{tail}")
 
 
 # --- embed, collapse, sample, plot-embeddings ----------------------------------------------------
@@ -152,15 +152,14 @@ def embed_cmd(
 ) -> None:
     """Penultimate embeddings of a run over a manifest: OUT/embeddings.npy (float32 N x D), index.csv
     (manifest rows + score + source) and head.npz (W, b). Under torchrun each process embeds a share."""
-    import os
-
+    from .distributed import is_main_process
     from .embed import embed_manifest
 
     path = embed_manifest(
         run, manifest, out, batch_size=batch_size, skip_bad=skip_bad, device=device,
         num_workers=num_workers, progress=True,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         typer.echo(path / "embeddings.npy")
 
 
@@ -183,19 +182,6 @@ class ProjectionMethod(str, Enum):
     tsne = "tsne"
 
 
-def _json_safe(value: object) -> object:
-    """NaN and Inf are not JSON; they become null."""
-    import math
-
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 @app.command("collapse")
 def collapse_cmd(
     emb: Path = typer.Argument(..., help="Embedding folder (from `ncdetect embed`)."),
@@ -207,6 +193,7 @@ def collapse_cmd(
 
     from .collapse.embeddings import load_embeddings
     from .collapse.metrics import format_metrics, nc_metrics
+    from .fileio import json_safe
 
     es = load_embeddings(emb, require_head=False)
     try:
@@ -214,7 +201,7 @@ def collapse_cmd(
     except NcdetectError as err:
         raise NcdetectError(f"{es.path}: {err}") from None
     if as_json:
-        typer.echo(json.dumps(_json_safe(metrics), indent=2))
+        typer.echo(json.dumps(json_safe(metrics), indent=2))
     else:
         typer.echo(format_metrics(metrics, title=f"{es.path} ({es.name})"))
 
@@ -406,25 +393,10 @@ def evaluate_cmd(
     when ASV scores are given."""
     import json
 
-    from . import evaluate as ev
-    from .fileio import ensure_writable_dir
+    from .evaluate import evaluate_file, format_file_report
 
-    if plots is not None:
-        ensure_writable_dir(plots)
-    df = ev.read_scores(scores)
-    asv = ev.read_asv_scores(asv_scores) if asv_scores is not None else None
-    result = ev.evaluate_scores(
-        df, n_bootstrap=bootstrap, seed=seed, asv=asv, source=scores, progress=True
-    )
-    if plots is not None:
-        result["plots"] = {name: str(path) for name, path in ev.write_plots(df, plots).items()}
-    if json_out:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        typer.echo(f"{scores}")
-        typer.echo(ev.format_report(result))
-        for path in result.get("plots", {}).values():
-            typer.echo(f"wrote {path}")
+    result = evaluate_file(scores, asv_scores, plots, n_bootstrap=bootstrap, seed=seed, progress=True)
+    typer.echo(json.dumps(result, indent=2) if json_out else format_file_report(scores, result))
 
 
 # --- run, demo -----------------------------------------------------------------------------------

@@ -24,6 +24,11 @@ class DistEnv:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """False in the processes torchrun starts with a RANK above 0: one process prints a command's result."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_name: str = "auto") -> DistEnv:
     """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else single."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, NcdetectError, ProtocolError
-from .fileio import atomic_path
+from .fileio import write_png
 
 SCORE_COLUMNS = ["utt_id", "score", "label"]
 LABELS = ("bonafide", "spoof")
@@ -543,6 +543,38 @@ def evaluate_scores(
     return result
 
 
+def evaluate_file(
+    scores: str | Path,
+    asv_scores: str | Path | None = None,
+    plots: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``ncdetect evaluate``: :func:`evaluate_scores` of a scores CSV (with the min t-DCF when
+    ``asv_scores`` is given) and, with ``plots``, ``det.png`` and ``hist.png`` there (``result["plots"]``).
+    """
+    from .fileio import ensure_writable_dir
+
+    if plots is not None:
+        ensure_writable_dir(plots)  # before the bootstrap, not after it
+    df = read_scores(scores)
+    asv = read_asv_scores(asv_scores) if asv_scores is not None else None
+    result = evaluate_scores(
+        df, n_bootstrap=n_bootstrap, seed=seed, asv=asv, source=scores, progress=progress
+    )
+    if plots is not None:
+        result["plots"] = {name: str(path) for name, path in write_plots(df, plots).items()}
+    return result
+
+
+def format_file_report(scores: str | Path, result: dict[str, Any]) -> str:
+    """The scores file, :func:`format_report` and the plots written: what ``ncdetect evaluate`` prints."""
+    lines = [str(scores), format_report(result)]
+    lines += [f"wrote {path}" for path in result.get("plots", {}).values()]
+    return "\n".join(lines)
+
+
 def format_report(result: dict[str, Any]) -> str:
     """Human-readable table of an ``evaluate_scores`` result."""
     lines = [f"bonafide: {result['n_bonafide']}   spoof: {result['n_spoof']}"]
@@ -573,10 +605,7 @@ _DET_TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95
 
 
 def _save(fig: Any, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return out_png
+    return write_png(fig, out_png, dpi=120, tight=True)
 
 
 def plot_det(curves: dict[str, tuple[Any, Any]], out_png: str | Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -108,6 +109,28 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_yaml(path: str | Path, data: Any) -> None:
     write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and Inf (not JSON) replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_png(fig: Any, path: str | Path, dpi: int, tight: bool = False) -> Path:
+    """Save a matplotlib figure as a PNG, atomically (every plot of the package goes through here).
+
+    ``tight`` crops to the drawn content (``bbox_inches="tight"``).
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    return path
 
 
 def _json_default(value: Any) -> Any:

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .fileio import atomic_path, write_text
+from .fileio import write_png, write_text
 
 TRIVIAL_CUE_FLOOR = 30.0  # a trivial feature must not separate the classes better than this EER (%)
 
@@ -61,8 +61,7 @@ def plot_det_curves(systems: dict[str, str | Path], out_png: str | Path) -> None
 
 def _save(fig, out_png: str | Path) -> None:
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    write_png(fig, out_png, dpi=110)
     plt.close(fig)
 
 
@@ -118,6 +117,7 @@ def build_blocks(results: dict) -> list[Block]:
         if caption.startswith("EER versus"):
             blocks.append(Figure(caption, Path(path)))
     blocks += _comparison_blocks(results)
+    blocks += _coverage_blocks(results)
 
     blocks.append("## Datasets")
     blocks.append(Table(["set", "utterances", "bonafide", "spoof", "attacks"], [
@@ -228,6 +228,41 @@ def _comparison_blocks(results: dict) -> list[Block]:
                       "width in log10 rate; lower is better): " +
                       ", ".join(f"{name} {value:.2f}" for name, value in sorted(area.items(),
                                                                                key=lambda kv: kv[1])) + ".")
+    return blocks
+
+
+def _coverage_blocks(results: dict) -> list[Block]:
+    """What each selection kept at the middle rate: shares per attack, language and duration quartile,
+    and in each source's space how spread out the kept set is and how collapsed."""
+    cov = results.get("coverage") or {}
+    selections = cov.get("selections") or {}
+    if not selections:
+        return []
+    blocks: list[Block] = [f"## What each selection kept (rate {cov['rate']:g}, seed {cov['seed']})"]
+    blocks.append("Share of the pool kept per attack (`-` is bonafide), language and duration quartile "
+                  "(Q1 shortest); a selection that empties a group cannot learn from it.")
+    first = next(iter(selections.values()))
+    groups = [(key, value) for key in ("per_attack", "per_language", "per_duration_quartile")
+              for value in (first.get(key) or {})]
+    header = ["selection", *[value for _, value in groups]]
+    rows = [[name, *[f"{100 * c.get(key, {}).get(value, {}).get('rate', 0):.0f}%" for key, value in groups]]
+            for name, c in selections.items()]
+    blocks.append(Table(header, rows))
+    blocks.append("In each source model's space: `kept NN`, the mean distance from a kept sample to its "
+                  "nearest other kept sample (spread); `pool→kept`, the mean distance from a pool sample to "
+                  "its nearest kept one (coverage; lower covers better); and NC1 of the kept set (lower = "
+                  "more collapsed, i.e. more typical samples).")
+    header = ["selection", "space", "kept NN spoof", "kept NN bonafide", "pool→kept spoof",
+              "pool→kept bonafide", "NC1 kept", "NC1 pool"]
+    rows = []
+    for name, c in selections.items():
+        for space in c.get("spaces", []):
+            per = space["per_class"]
+            rows.append([name, space["source"],
+                         *[_fmt((per.get(cls) or {}).get(k)) for k in ("kept_nn", "pool_to_kept")
+                           for cls in ("spoof", "bonafide")],
+                         _fmt(space.get("nc1_kept")), _fmt(space.get("nc1_pool"))])
+    blocks.append(Table(header, rows))
     return blocks
 
 

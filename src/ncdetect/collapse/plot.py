@@ -131,7 +131,7 @@ def plot_embeddings(
     title: str | None = None,
 ) -> Projection:
     """Draw an embedding folder in 2-D to ``out`` (PNG) and return the projection that was drawn."""
-    from ..fileio import atomic_path, ensure_writable_dir
+    from ..fileio import ensure_writable_dir, write_png
     from .embeddings import load_embeddings
 
     out = Path(out)
@@ -188,6 +188,5 @@ def plot_embeddings(
     ax.set_ylabel(f"{method.upper()} 2")
     ax.legend(handles, names, loc="best", fontsize=7, framealpha=0.8)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
+    write_png(fig, out, dpi=150)
     return proj
