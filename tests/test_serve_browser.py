@@ -5,7 +5,9 @@ executable (``make test`` installs it when missing, scripts/ensure-debian-packag
 real command, ``ncdetect serve``, started as a subprocess on a free port with the shared tiny trained run.
 
 The test saves a screenshot of the page in its temporary folder; with ``NCDETECT_SCREENSHOT=PATH`` set
-it also writes it there (``NCDETECT_SCREENSHOT=docs/serve.png`` refreshes the README's image).
+it also writes it there (``NCDETECT_SCREENSHOT=docs/serve.png`` refreshes the README's image), and
+``NCDETECT_SERVE_TEST_MODEL=RUN`` serves another run than the shared tiny one (the README's image shows
+a toy detector trained for longer, whose timelines say more than the tiny run's flat ones).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +51,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
+def model(run_dir) -> Path:
+    return Path(os.environ.get("NCDETECT_SERVE_TEST_MODEL") or run_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
     """`ncdetect serve` on a free port; yields its base URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ncdetect.cli", "serve", "--model", str(run_dir), "--port", str(port)],
+            [sys.executable, "-m", "ncdetect.cli", "serve", "--model", str(model), "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NCDETECT_API_KEY": ""},
         )
     url = f"http://127.0.0.1:{port}"
@@ -93,12 +102,12 @@ def two_files(tmp_path_factory) -> list[Path]:
     return [a, b]
 
 
-@pytest.fixture()
-def browser_page(tmp_path):
+@contextmanager
+def _chromium(profile: Path, extra_args: tuple[str, ...] = ()) -> Iterator[tuple[object, list[str]]]:
     """A fresh chromium profile and page; collects console errors and uncaught exceptions."""
     with playwright.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            str(profile), executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args],
             viewport={"width": 960, "height": 900}, accept_downloads=True,
         )
         try:
@@ -111,6 +120,12 @@ def browser_page(tmp_path):
             context.close()
 
 
+@pytest.fixture()
+def browser_page(tmp_path):
+    with _chromium(tmp_path / "profile") as page_and_errors:
+        yield page_and_errors
+
+
 def _cli_detect(run_dir: Path, files: list[Path]) -> dict[str, dict]:
     out = subprocess.run(
         [sys.executable, "-m", "ncdetect.cli", "detect", *map(str, files), "--model", str(run_dir)],
@@ -119,10 +134,10 @@ def _cli_detect(run_dir: Path, files: list[Path]) -> dict[str, dict]:
     return {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
 
 
-def test_upload_two_files_in_the_browser(server, run_dir, two_files, browser_page, tmp_path):
+def test_upload_two_files_in_the_browser(server, model, two_files, browser_page, tmp_path):
     page, errors = browser_page
     page.goto(server + "/")
-    expect(page.locator("#model")).to_contain_text("Model run: tiny_resnet")
+    expect(page.locator("#model")).to_contain_text(f"Model {model.name}: tiny_resnet")
 
     # Labelled controls, reachable by their names.
     picker = page.get_by_label("Choose files…")
@@ -133,7 +148,7 @@ def test_upload_two_files_in_the_browser(server, run_dir, two_files, browser_pag
     # Locators rather than page scripts: the page's content security policy forbids eval, rightly.
     expect(page.locator("#results tbody tr")).to_have_count(2, timeout=60_000)
     expect(page.locator("svg.timeline")).to_have_count(2)
-    cli = _cli_detect(run_dir, two_files)
+    cli = _cli_detect(model, two_files)
     rows = page.locator("#results tbody tr")
     for i, path in enumerate(two_files):
         cells = rows.nth(i).locator("td").all_inner_texts()
@@ -190,3 +205,23 @@ def test_an_unreadable_file_is_reported_in_its_row(server, tmp_path, browser_pag
     # Chromium logs every non-2xx response as a console error; the 422 is expected, nothing else is.
     assert [e for e in errors if "status of 422" not in e] == []
     assert len(errors) == 1
+
+
+def test_record_button_uploads_the_recording(server, tmp_path):
+    """The record button: MediaRecorder on chromium's fake microphone (a beeping test signal), decoded by
+    the page and uploaded as a WAV file like any other."""
+    fake_microphone = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+    with _chromium(tmp_path / "profile", fake_microphone) as (page, errors):
+        page.goto(server + "/")
+        record = page.get_by_role("button", name="Record")
+        record.click()
+        expect(record).to_have_attribute("aria-pressed", "true")
+        page.wait_for_timeout(1500)  # record about 1.5 s
+        page.get_by_role("button", name="Stop recording").click()
+        expect(page.locator("#results tbody tr")).to_have_count(1, timeout=60_000)
+        cells = page.locator("#results tbody tr td").all_inner_texts()
+        assert cells[0] == "recording-1.wav" and cells[1] in ("bonafide", "spoof")
+        assert 1.0 <= float(cells[4]) <= 5.0
+        expect(page.locator("svg.timeline")).to_have_count(1)
+        expect(record).to_have_attribute("aria-pressed", "false")
+        assert errors == []

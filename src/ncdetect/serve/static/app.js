@@ -136,6 +136,12 @@ function svg(tag, attrs, parent) {
   return el;
 }
 
+// The round step (1, 2 or 5 times a power of ten) nearest above ``raw``: ticks at 0, 0.5, 1, ... seconds.
+function niceStep(raw) {
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+}
+
 // One file's window scores over time, with the threshold line: where in a long file the fake part is.
 function timeline(r, index) {
   const W = 640, H = 170, left = 44, right = 10, top = 12, bottom = 28;
@@ -172,10 +178,10 @@ function timeline(r, index) {
   for (const s of [hi, r.threshold, lo]) {
     svg("text", { x: left - 4, y: y(s) + 4, "text-anchor": "end" }, root).textContent = s.toFixed(span < 1 ? 2 : 1);
   }
-  const ticks = 5;
-  for (let i = 0; i <= ticks; i++) {
-    const t = (end * i) / ticks;
-    svg("text", { x: x(t), y: H - bottom + 14, "text-anchor": "middle" }, root).textContent = t.toFixed(1);
+  const step = niceStep(end / 6);
+  for (let t = 0; t <= end + 1e-9; t += step) {
+    const label = step < 1 ? t.toFixed(1) : t.toFixed(0);
+    svg("text", { x: x(t), y: H - bottom + 14, "text-anchor": "middle" }, root).textContent = label;
   }
   svg("text", { x: W - right, y: H - 4, "text-anchor": "end" }, root).textContent = "time (s)";
   svg("line", { x1: left, x2: W - right, y1: y(r.threshold), y2: y(r.threshold), stroke: "#1b1f24",
