@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ncdetect-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv debian-deps demo demo-quick test test-fast fuzz bench lint clean
+.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast fuzz bench lint clean
 
 venv: $(STAMP)
 
@@ -28,9 +28,22 @@ debian-deps:
 
 demo: venv debian-deps
 	$(BIN)/ncdetect demo --out $(DEMO_OUT)
+	@$(MAKE) --no-print-directory demo-next-steps OUT=$(DEMO_OUT)
 
 demo-quick: venv debian-deps
 	$(BIN)/ncdetect demo --quick --out $(DEMO_OUT)-quick
+	@$(MAKE) --no-print-directory demo-next-steps OUT=$(DEMO_OUT)-quick
+
+# What to do after a demo: ncdetect lives in .venv/bin, so a new shell needs the activate line first; then
+# serve the demo's compact model trained on all the data (seed 0) as a web page and an HTTP API.
+demo-next-steps:
+	@model=$$(ls -d $(OUT)/compact/full-r1-s0-*/full-r1-s0 2>/dev/null | head -n 1); \
+	echo; \
+	echo "report: $(OUT)/report.html"; \
+	echo "To use the ncdetect command, run this in your shell:"; \
+	echo "  source $(VENV)/bin/activate"; \
+	echo "To check your own audio in a browser (http://127.0.0.1:8000/) or over HTTP:"; \
+	echo "  ncdetect serve --model $${model:-$(OUT)/compact/full-r1-s0-*/full-r1-s0}"
 
 # Hypothesis profiles (tests/conftest.py): `test` draws the same examples on every run; `fuzz` runs the
 # property tests only, with 25x their examples and fresh random seeds (failures kept in .hypothesis/).
