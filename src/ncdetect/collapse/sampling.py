@@ -278,7 +278,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     out.append("per attack:")
     out += [line(k, v) for k, v in summary["per_attack"].items()]
     out.append("per source (before deduplication):")
-    out += [line(s["source"], s["overall"]) for s in summary["per_source"]]
+    for s in summary["per_source"]:
+        views = s.get("views", [])
+        out.append(line(s["source"] + (f" ({len(views)} views)" if views else ""), s["overall"]))
     out.append(line("overall", summary["overall"]))
     if summary["duplicates_dropped"]:
         n_dup = summary["duplicates_dropped"]
