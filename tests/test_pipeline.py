@@ -105,7 +105,13 @@ def test_run_end_to_end_and_cache(tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
     assert "95% paired-bootstrap intervals" in html
+    # what each selection kept, at the middle rate: shares per attack and each source space's statistics
+    kept = on_disk["coverage"]["selections"]
+    assert on_disk["coverage"]["rate"] == 0.5 and set(kept) == {"nc", "random", "nc-cross"}
+    assert kept["random"]["per_attack"]["A01"]["total"] == 8
+    assert [s["source"] for s in kept["nc"]["spaces"]] == ["src_a", "src_b"]
     md = (out / "report.md").read_text()
+    assert "What each selection kept (rate 0.5, seed 0)" in md
     assert f"{full['eer_tgt_mean']:.2f}" in md
     assert set(results["trivial_cues"]["tgt"]) == {"duration", "rms", "rolloff95", "leading_silence"}
 

@@ -32,6 +32,7 @@ from . import __version__
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
 from .recipe import FULL, DataSpec, Recipe, SourceSpec, VariantSpec
+from .runs import METRICS_FILE
 from .sysinfo import machine_info
 
 T = TypeVar("T")
@@ -241,8 +242,7 @@ def _check_unseen_targets(exp: Experiment) -> list[dict]:
 def _train_config(config: Path | None, overrides: dict[str, Any], seed: int):
     from .config import load_config
 
-    sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
-    return load_config(config, [*sets, f"train.seed={seed}"])
+    return load_config(config, values={**overrides, "train.seed": seed})
 
 
 def _train(stage: Stage, cfg, train_manifest: Path, dev_manifest: Path | None) -> dict:
@@ -251,7 +251,7 @@ def _train(stage: Stage, cfg, train_manifest: Path, dev_manifest: Path | None) -
 
     run = stage.run_dir
     if stage.done:
-        return json.loads((run / "metrics.json").read_text())
+        return json.loads((run / METRICS_FILE).read_text())
     started = time.perf_counter()
     metrics = train(cfg, train_manifest, run, dev_manifest=dev_manifest, resume=run.exists())
     stage.finish({"train_seconds": time.perf_counter() - started})
@@ -483,7 +483,7 @@ def collect_results(exp: Experiment) -> dict:
     }
     for src in recipe.sources:
         results["sources"][src.name] = {
-            "model": json.loads((exp.source_runs[src.name] / "metrics.json").read_text()).get("model"),
+            "model": json.loads((exp.source_runs[src.name] / METRICS_FILE).read_text()).get("model"),
             "dev_eer": exp.scores.get((src.name, f"{src.name}/dev"), {}).get("eer"),
             "target_eer": {t: exp.scores[(src.name, t)]["eer"] for t in targets},
             "collapse": exp.collapse[src.name],
@@ -505,6 +505,7 @@ def collect_results(exp: Experiment) -> dict:
         row["n_train"] = int(np.mean([r["n_train"] for r in runs]))
         row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
         results["table"].append(row)
+    results["coverage"] = _coverage_at_middle_rate(exp, results)
     results["comparisons"] = _comparisons(exp, results)
     results["choice"] = _choose_on_validation(results)
     results["headline"] = _headline(results, recipe.sampling.headline)
@@ -557,6 +558,22 @@ def _comparisons(exp: Experiment, results: dict) -> dict:
             if rates:
                 area[strategy] = mean_over_log_rate(rates, [table[(strategy, r)] for r in rates])
         out[target] = {"pairs": rows, "mean_eer_over_log_rate": area}
+    return out
+
+
+def _coverage_at_middle_rate(exp: Experiment, results: dict) -> dict:
+    """What each selection kept of its pool (the ``coverage`` of its summary), at the middle rate and the
+    first seed: the report shows why selections differ."""
+    from .collapse.sampling import summary_path
+
+    rate = sorted(results["rates"])[len(results["rates"]) // 2]
+    out = {"rate": rate, "seed": exp.recipe.seeds[0], "selections": {}}
+    for name in results["strategies"]:
+        manifest = exp.samples.get((name, rate, exp.recipe.seeds[0]))
+        if manifest is not None and summary_path(manifest).is_file():
+            summary = json.loads(summary_path(manifest).read_text())
+            if "coverage" in summary:
+                out["selections"][name] = summary["coverage"]
     return out
 
 
