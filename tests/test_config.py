@@ -164,3 +164,17 @@ def test_cli_reports_config_error_in_one_line(tmp_path, toy_manifest):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ncdetect: error:") and "valid keys in optim" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_values_are_applied_as_data_and_strings_as_yaml_text():
+    """A recipe's ``set`` reaches the config as a mapping, without a text round trip; its strings are YAML
+    text like ``--set`` values (recipe variables are substituted into text)."""
+    cfg = load_config(None, values={"optim.lr": 1e-05, "model.kwargs.dims": [8, 16, 32, 64],
+                                    "optim.epochs": "7", "data.cache_dir": "", "train.seed": 3})
+    assert cfg.optim.lr == 1e-05 and cfg.optim.epochs == 7 and cfg.train.seed == 3
+    assert cfg.model.kwargs["dims"] == [8, 16, 32, 64] and cfg.data.cache_dir is None
+    same = load_config(None, ["optim.lr=0.00001", "model.kwargs.dims=[8, 16, 32, 64]", "optim.epochs=7",
+                              "data.cache_dir=", "train.seed=3"])
+    assert same.to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match=r"optim.lr.x: 1: optim.lr is a value"):
+        load_config(None, values={"optim.lr": 1, "optim.lr.x": 1})

@@ -160,8 +160,12 @@ class TrainConfig(_Section):
         return self.model_dump(mode="json")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read ``path`` (None = defaults), apply ``a.b=value`` overrides (values parsed as YAML), validate."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Read ``path`` (None = defaults), apply ``a.b=value`` overrides (values parsed as YAML), then
+    ``values`` (``{"a.b": value}``, e.g. a recipe's ``set``; a string there is YAML text too, as recipe
+    variables are substituted into text), validate."""
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
@@ -185,6 +189,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded
     for item in overrides or []:
         apply_override(data, item)
+    for key, value in (values or {}).items():
+        set_key(data, key, parse_value(value) if isinstance(value, str) else value, f"{key}: {value!r}")
     return validate_config(data, where)
 
 
@@ -202,10 +208,20 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.001")
+    set_key(data, key, parse_value(raw), f"--set {item!r}")
+
+
+def parse_value(raw: str) -> Any:
+    """A setting written as text, parsed as YAML (``8`` -> 8, ``[8, 16]`` -> a list); blank -> None."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        return yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw  # not valid YAML on its own: take the text as a string
+        return raw  # not valid YAML on its own: take the text as a string
+
+
+def set_key(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set the dotted ``key`` (``a.b.c``) of the nested mapping ``data`` to ``value`` in place, making the
+    sections on the way; ``where`` names the setting in the error when a section is a value."""
     parts = key.split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
@@ -214,7 +230,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             prefix = ".".join(parts[: depth + 1])
-            raise ConfigError(f"--set {item!r}: {prefix} is a value ({child!r}), not a section")
+            raise ConfigError(f"{where}: {prefix} is a value ({child!r}), not a section")
         node = child
     node[parts[-1]] = value
 
