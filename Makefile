@@ -39,7 +39,6 @@ demo-quick: venv debian-deps
 demo-next-steps:
 	@model=$$(ls -d $(OUT)/compact/full-r1-s0-*/full-r1-s0 2>/dev/null | head -n 1); \
 	echo; \
-	echo "report: $(OUT)/report.html"; \
 	echo "To use the ncdetect command, run this in your shell:"; \
 	echo "  source $(VENV)/bin/activate"; \
 	echo "To check your own audio in a browser (http://127.0.0.1:8000/) or over HTTP:"; \

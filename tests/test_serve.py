@@ -292,6 +292,8 @@ def test_a_taken_port_is_one_line(run_dir):
         port = taken.getsockname()[1]
         with pytest.raises(NcdetectError, match=rf"127\.0\.0\.1:{port}: cannot listen"):
             serve(run_dir, port=port)
+    with pytest.raises(NcdetectError, match=r"--host no-such-host\.invalid: cannot be resolved"):
+        serve(run_dir, host="no-such-host.invalid", api_key=KEY)
 
 
 # --- load ------------------------------------------------------------------------------------------------
