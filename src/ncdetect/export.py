@@ -24,6 +24,8 @@ from .errors import NcdetectError
 from .fileio import atomic_path
 
 if TYPE_CHECKING:
+    import onnx
+
     from .runs import LoadedRun
 
 OPSET = 17
@@ -43,6 +45,8 @@ class WaveformDetector(nn.Module):
 
 def export_onnx(run_dir: str | Path, out: str | Path, opset: int = OPSET) -> Path:
     """Write ``out`` (an .onnx file) for the run in ``run_dir``; CPU, float32, eval mode."""
+    import onnx
+
     from .runs import load_run
 
     out = Path(out)
@@ -80,16 +84,13 @@ def export_onnx(run_dir: str | Path, out: str | Path, opset: int = OPSET) -> Pat
         except Exception as err:  # the exporter raises many types; the user needs one line
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise NcdetectError(f"{run_dir}: ONNX export failed ({type(err).__name__}: {first})") from None
-        _add_metadata(tmp, run)
+        onnx.save(_with_metadata(onnx.load(str(tmp)), run), str(tmp))
     return out
 
 
-def _add_metadata(onnx_file: Path, run: LoadedRun) -> None:
+def _with_metadata(model: onnx.ModelProto, run: LoadedRun) -> onnx.ModelProto:
     import json
 
-    import onnx
-
-    model = onnx.load(str(onnx_file))
     entries = {
         "ncdetect_version": __version__,
         "ncdetect_config": json.dumps(run.config.to_dict(), sort_keys=True),
@@ -99,4 +100,4 @@ def _add_metadata(onnx_file: Path, run: LoadedRun) -> None:
     }
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(onnx_file))
+    return model
