@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from conftest import synth_utterance, write_wav
 from ncdetect.data.audio import load_audio
-from ncdetect.detect import detect, window_starts
+from ncdetect.detect import detect, plan_windows, window_starts
 from ncdetect.errors import NcdetectError
 from ncdetect.serve import build_app, is_local, serve
 from ncdetect.serve.app import Guard
@@ -95,6 +95,19 @@ def test_detect_equals_the_cli_and_gives_window_scores(client, run_dir, clips):
     long_starts = [w["start_s"] for w in served["long.flac"]["windows"]]
     assert long_starts == pytest.approx([s / 16000 for s in starts])
     assert served["short.wav"]["windows"][0]["start_s"] == 0.0
+
+
+def test_window_times_count_from_the_start_of_the_file_when_silence_is_trimmed():
+    """With data.trim_silence the windows are cut from the trimmed clip; their start times still say
+    where in the uploaded file they lie."""
+    t = np.arange(24000) / 16000
+    wave = np.concatenate([np.zeros(8000), 0.5 * np.sin(2 * np.pi * 220 * t)]).astype(np.float32)
+    trimmed = plan_windows(wave, 16000, 8000, trim=True)
+    assert 8000 - 400 <= trimmed.offset <= 8000  # the first frame that holds sound
+    assert trimmed.start_seconds() == [(trimmed.offset + s) / 16000 for s in trimmed.starts]
+    assert np.array_equal(trimmed.wave, wave[trimmed.offset : trimmed.offset + len(trimmed.wave)])
+    plain = plan_windows(wave, 16000, 8000)
+    assert plain.offset == 0 and plain.starts == [0, 8000, 16000]
 
 
 def test_onnx_model_serves_the_numbers_of_the_run(run_dir, clips, tmp_path):
