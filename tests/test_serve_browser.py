@@ -55,15 +55,14 @@ def model(run_dir) -> Path:
     return Path(os.environ.get("NCDETECT_SERVE_TEST_MODEL") or run_dir)
 
 
-@pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
-    """`ncdetect serve` on a free port; yields its base URL."""
+@contextmanager
+def _serve(model: Path, log: Path, api_key: str = "") -> Iterator[str]:
+    """`ncdetect serve` on a free port, as a user starts it; yields its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ncdetect.cli", "serve", "--model", str(model), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NCDETECT_API_KEY": ""},
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NCDETECT_API_KEY": api_key},
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -87,6 +86,12 @@ def server(model, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    with _serve(model, tmp_path_factory.mktemp("serve_log") / "serve.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +230,21 @@ def test_record_button_uploads_the_recording(server, tmp_path):
         expect(page.locator("svg.timeline")).to_have_count(1)
         expect(record).to_have_attribute("aria-pressed", "false")
         assert errors == []
+
+
+def test_the_page_asks_for_the_api_key_of_a_keyed_server(run_dir, two_files, tmp_path):
+    key = "k3y-for-the-page"
+    with _serve(run_dir, tmp_path / "serve.log", api_key=key) as url, \
+            _chromium(tmp_path / "profile") as (page, errors):
+        page.goto(url + "/")
+        key_box = page.get_by_label("API key")
+        expect(key_box).to_be_visible()
+        expect(page.locator("#model")).to_contain_text("need the API key")
+        key_box.fill(key)
+        key_box.press("Tab")  # the change event loads the model details with the key
+        expect(page.locator("#model")).to_contain_text("tiny_resnet")
+        page.get_by_label("Choose files…").set_input_files([str(two_files[0])])
+        expect(page.locator("#results tbody tr")).to_have_count(1, timeout=60_000)
+        assert page.locator("#results tbody td.verdict").inner_text() in ("bonafide", "spoof")
+        # Chromium logs the first, keyless request's 401 as a console error; nothing else may appear.
+        assert [e for e in errors if "status of 401" not in e] == []

@@ -65,7 +65,9 @@ class Scorer:
         )
         # Uploads are copied to a private folder under server-made names: the loader reads paths, and no
         # name from a request ever becomes part of one.
-        self._tmp = Path(tempfile.mkdtemp(prefix="ncdetect-serve-"))
+        # A TemporaryDirectory also removes itself at exit when close() is never called.
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="ncdetect-serve-")
+        self._tmp = Path(self._tmpdir.name)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._carry: deque[_Job] = deque()
         self._seconds_per_window = 0.05
@@ -161,7 +163,7 @@ class Scorer:
         self._jobs.put(None)
         self._thread.join(timeout=10)
         self._decode.shutdown(wait=False, cancel_futures=True)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmpdir.cleanup()
 
 
 class _Admission:

@@ -215,7 +215,9 @@ function download(name, type, text) {
 }
 
 function csvField(value) {
-  const text = value === undefined || value === null ? "" : String(value);
+  let text = value === undefined || value === null ? "" : String(value);
+  // A file name such as "=HYPERLINK(...)" must stay text when the CSV is opened in a spreadsheet.
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
   return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
