@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ncdetect-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast fuzz bench lint clean
+.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast test-floors fuzz bench lint clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,10 @@ test-fast: venv
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -m hypothesis --hypothesis-show-statistics
 
+# The dependency floors of pyproject.toml, installed in .venv-floors and tested (.ci/check-floors).
+test-floors: venv
+	.ci/check-floors
+
 bench: venv debian-deps
 	$(BIN)/python benchmarks/run_all.py
 
@@ -62,4 +66,4 @@ lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-floors build dist src/*.egg-info .pytest_cache .ruff_cache
