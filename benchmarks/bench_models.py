@@ -5,8 +5,10 @@
   layout that ``ncdetect.runs.build_model`` gives them. tiny_resnet and resnet18 are the figures the
   Speed issue asks for; convnext_atto and lcnn complete the registry. The step rate is the model's side
   of an epoch; the data side is in bench_data.py, scoring in bench_scoring.py.
-* The same step under ``train.amp=bf16`` (bfloat16 autocast, which this CPU's AMX units run natively),
-  and tiny_resnet in the plain contiguous layout, for the effect of the layout.
+* The same step under ``train.amp=bf16`` (bfloat16 autocast), only where the CPU runs bfloat16 natively
+  (AMX or AVX-512 BF16 in /proc/cpuinfo); elsewhere PyTorch emulates it at about a tenth of the float32
+  rate, which would make this benchmark take minutes per row for a figure nobody should use, so the rows
+  say "skipped" and why. And tiny_resnet in the plain contiguous layout, for the effect of the layout.
 * tiny_resnet's parameter count (<= 500,000, the "tiny" of the method).
 
 Rates are the best of several steps after a warm-up (see common.py). The float32 rates of tiny_resnet and
@@ -30,6 +32,7 @@ from torch import nn
 from common import Threads, interleaved, main, row
 from ncdetect.config import load_config
 from ncdetect.runs import build_model
+from ncdetect.sysinfo import BF16_FLAGS, cpu_model, native_bf16_flags
 
 N_MELS = 80
 FRAMES = 404  # 64,600 samples at hop 160, centred frames
@@ -63,11 +66,20 @@ def train_step(model: nn.Module, amp: bool = False) -> Any:
     return step
 
 
+def bf16_skip_reason(cpuinfo: str | None = None) -> str | None:
+    """Why the bf16 rows are not timed on this CPU, or None where it runs bfloat16 natively."""
+    if native_bf16_flags(cpuinfo):
+        return None
+    return (f"skipped: {cpu_model(cpuinfo)} has no native bfloat16 (none of {', '.join(BF16_FLAGS)} in "
+            "/proc/cpuinfo); emulated bf16 trains slower than float32, so keep train.amp=off (auto) here")
+
+
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (see common.row)."""
     tiny = sum(p.numel() for p in shipped_model("tiny_resnet").parameters())
     rows = [row("tiny_resnet parameters", "count", f"{tiny:,}", f"<= {TINY_PARAMS_TARGET:,}",
                 tiny <= TINY_PARAMS_TARGET)]
+    no_bf16 = bf16_skip_reason()
     names = ("tiny_resnet", "resnet18") if quick else ("tiny_resnet", "resnet18", "convnext_atto", "lcnn")
     repeats = 2 if quick else 4
     with Threads(1):
@@ -75,7 +87,7 @@ def run(quick: bool = False) -> list[dict]:
             model = shipped_model(name)
             params = sum(p.numel() for p in model.parameters()) / 1e6
             steps = {"fp32": train_step(model)}
-            if name in ("tiny_resnet", "resnet18"):
+            if name in ("tiny_resnet", "resnet18") and no_bf16 is None:
                 steps["bf16"] = train_step(shipped_model(name), amp=True)
             if name == "tiny_resnet":
                 plain = shipped_model(name).to(memory_format=torch.contiguous_format)
@@ -91,6 +103,9 @@ def run(quick: bool = False) -> list[dict]:
                 rows.append(row(f"{what}, train.amp=bf16", "samples/s (speed-up over float32)",
                                 f"{rate['bf16']:.1f} ({rate['bf16'] / rate['fp32']:.1f}x)", "-", None,
                                 throughput=rate["bf16"]))
+            elif name in ("tiny_resnet", "resnet18"):
+                rows.append(row(f"{what}, train.amp=bf16", "samples/s (speed-up over float32)", no_bf16 or "",
+                                "-", None))
             if "contiguous" in rate:
                 rows.append(row(f"{what}, contiguous layout", "channels-last speed-up",
                                 f"{rate['fp32'] / rate['contiguous']:.2f}x "

@@ -79,7 +79,7 @@ def format_rows(rows: list[dict]) -> str:
     """The markdown table of ``rows`` (with a run-to-run change where run_all.py added one)."""
     lines = ["| what | measure | value | target | ok |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        value = r["value"] + (f" ({r['vs_last_run']} vs last run)" if "vs_last_run" in r else "")
+        value = r["value"] + (f" ({r['vs_last_run']})" if "vs_last_run" in r else "")
         lines.append(f"| {r['what']} | {r['measure']} | {value} | {r['target']} | {ok_text(r['ok'])} |")
     return "\n".join(lines)
 

@@ -4,9 +4,11 @@ Each benchmark module exposes ``run(quick: bool) -> list[dict]`` of rows made by
 ``measure``, ``value`` (text), ``target`` and ``ok`` (True, False, or None where a figure is only
 reported), and for rates a numeric ``throughput``. Figures are ratios against a reference measured in the
 same run wherever a target is a speed, because the machines are shared and absolute times drift.
-Throughputs are also compared with the previous full run (``benchmarks/last_run.json``, each divided by a
-one-thread matrix-multiply reference measured in the same run); rows marked ``gate`` (training
-throughput) fail when they drop by more than 10%.
+Throughputs are also compared with the previous full run on the same CPU model (``benchmarks/last_run.json``
+keeps one baseline per model name from /proc/cpuinfo, each figure divided by a one-thread matrix-multiply
+reference measured in the same run); rows marked ``gate`` (training throughput) fail when they drop by
+more than 10%. On a CPU without a baseline the rows say "no baseline for this CPU": a different machine's
+figures would turn a hardware difference into a regression.
 bench_gpu runs only where CUDA is available.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ncdetect.sysinfo import describe_machine
+from ncdetect.sysinfo import cpu_model, describe_machine
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -50,11 +52,17 @@ def reference_gflops(windows: int = 10, seconds: float = 0.1) -> float:
     return best
 
 
-def check_regressions(rows: list[dict], gflops: float, last_path: Path) -> None:
-    """Compare throughputs (rows with ``throughput``) with the previous run, per GFLOP/s. Every change is
-    shown; a drop of more than 10% fails the rows marked ``gate`` (training throughput, whose target is
-    exactly that). The other rates move with the load of a shared machine and are only shown."""
-    previous = json.loads(last_path.read_text()) if last_path.is_file() else {}
+def check_regressions(rows: list[dict], gflops: float, last_path: Path, cpu: str | None = None) -> None:
+    """Compare throughputs (rows with ``throughput``) with the previous run on the same CPU model, per
+    GFLOP/s, and store this run as that model's baseline. Every change is shown; a drop of more than 10%
+    fails the rows marked ``gate`` (training throughput, whose target is exactly that). The other rates
+    move with the load of a shared machine and are only shown. Without a baseline for ``cpu`` (default:
+    this machine's model name) the rows say so and the gates report instead of judging."""
+    cpu = cpu_model() if cpu is None else cpu
+    baselines = json.loads(last_path.read_text()) if last_path.is_file() else {}
+    if not all(isinstance(v, dict) for v in baselines.values()):
+        baselines = {}  # the old layout, one unnamed machine's figures: a baseline for no CPU
+    previous = baselines.get(cpu, {})
     current = {}
     for row in rows:
         if "throughput" not in row:
@@ -63,10 +71,13 @@ def check_regressions(rows: list[dict], gflops: float, last_path: Path) -> None:
         current[key] = row["throughput"] / gflops
         if key in previous:
             change = current[key] / previous[key] - 1
-            row["vs_last_run"] = f"{change:+.0%}"
+            row["vs_last_run"] = f"{change:+.0%} vs last run"
             if row.get("gate"):
                 row["ok"] = change >= -REGRESSION_TOLERANCE
-    last_path.write_text(json.dumps(current, indent=2) + "\n")
+        elif not previous:
+            row["vs_last_run"] = "no baseline for this CPU"
+    baselines[cpu] = current
+    last_path.write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
 
 
 def main() -> int:

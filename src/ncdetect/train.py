@@ -54,6 +54,7 @@ from .errors import ConfigError, NcdetectError
 from .fileio import ensure_writable_dir, reporting_write_errors, write_json, write_text, write_yaml
 from .progress import echo, progress_bar
 from .runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+from .sysinfo import native_bf16_flags
 
 CHECKPOINT_DIR = "checkpoint"
 RUN_ARTIFACTS = (
@@ -636,6 +637,8 @@ def _start_message(ctx: TrainContext, data: TrainData) -> str:
         f"dev {len(dev_df) if dev_df is not None else 'none'}; "
         f"device {ctx.device}, {ctx.env.world} process(es), global batch {global_batch}, "
         f"amp {str(amp).replace('torch.', '') if amp else 'off'}"
+        + (" (emulated: this CPU has no AMX or avx512_bf16, so it trains slower than float32)"
+           if amp == torch.bfloat16 and ctx.device.type == "cpu" and not native_bf16_flags() else "")
     )
 
 
@@ -791,7 +794,8 @@ def _steps_per_epoch(cfg: TrainConfig, env: DistEnv, n_train: int, train_manifes
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` = bf16 on CUDA that supports it, else fp16 on CUDA, off on CPU."""
+    """Autocast dtype: ``auto`` = bf16 on CUDA that supports it, else fp16 on CUDA, off on CPU (never bf16
+    there: without AMX or avx512_bf16 it is emulated at about a tenth of the float32 speed)."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
