@@ -383,7 +383,7 @@ def test_a_slow_upload_holds_no_slot(run_dir, clips):
 
 
 def test_concurrent_requests_share_batches_and_keep_their_own_results(run_dir, clips):
-    """Eight clients at once: every one gets its own file's result (the model thread batches across
+    """Eight clients at once: every one gets its own file's result (two model threads batch across
     requests and must hand each its own rows)."""
     rng = np.random.default_rng(11)
     waves = [synth_utterance(rng, "bonafide" if i % 2 else "spoof", "A02", seconds=1.5) for i in range(8)]
@@ -392,7 +392,7 @@ def test_concurrent_requests_share_batches_and_keep_their_own_results(run_dir, c
         buf = io.BytesIO()
         sf.write(buf, w, 16000, format="WAV")
         blobs.append(buf.getvalue())
-    with TestClient(build_app(run_dir)) as c:
+    with TestClient(build_app(run_dir, model_threads=2)) as c:
         alone = [c.post("/v1/detect", files=_upload((f"{i}.wav", b))).json()[0] for i, b in enumerate(blobs)]
         together: list = [None] * 8
 

@@ -191,11 +191,12 @@ class OnnxModel:
         return self._parameters
 
 
-def load_model(model: str | Path, device: str = "auto") -> TorchModel | OnnxModel:
-    """A run folder (PyTorch) or an ``.onnx`` file from ``ncdetect export`` (onnxruntime)."""
+def load_model(model: str | Path, device: str = "auto", onnx_threads: int = 0) -> TorchModel | OnnxModel:
+    """A run folder (PyTorch) or an ``.onnx`` file from ``ncdetect export`` (onnxruntime, with
+    ``onnx_threads`` intra-op threads; 0 = its default)."""
     path = Path(model)
     if path.suffix.lower() == ".onnx" and not path.is_dir():
-        return OnnxModel(path)
+        return OnnxModel(path, onnx_threads)
     return TorchModel(path, device)
 
 
@@ -211,8 +212,9 @@ class Detector:
         threshold: float | str = 0.0,
         batch_size: int = 16,
         device: str = "auto",
+        onnx_threads: int = 0,
     ):
-        self.model = load_model(run_dir, device)
+        self.model = load_model(run_dir, device, onnx_threads)
         sr = SAMPLE_RATE
         default_window = self.model.config.data.num_samples
         self.window = default_window if window_seconds is None else round(window_seconds * sr)

@@ -50,16 +50,19 @@ def build_app(
     threshold: float | str = 0.0,
     max_pending: int = 16,
     device: str = "auto",
+    model_threads: int = 1,
 ) -> FastAPI:
-    """Load the model once and return the application (what ``serve`` runs, and what tests call)."""
+    """Load the model once and return the application (what ``serve`` runs, and what tests call).
+    With ``model_threads`` > 1, that many batches run side by side, each on one thread."""
     _require_extra()
     from ..detect import Detector
     from .app import create_app
 
     if max_upload_mb <= 0:
         raise NcdetectError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    detector = Detector(model, threshold=threshold, device=device)
-    return create_app(detector, max_upload_mb=max_upload_mb, api_key=api_key or None, max_pending=max_pending)
+    detector = Detector(model, threshold=threshold, device=device, onnx_threads=1 if model_threads > 1 else 0)
+    return create_app(detector, max_upload_mb=max_upload_mb, api_key=api_key or None, max_pending=max_pending,
+                      model_threads=model_threads)
 
 
 def serve(
@@ -71,14 +74,16 @@ def serve(
     threshold: float | str = 0.0,
     max_pending: int = 16,
     device: str = "auto",
+    model_threads: int | None = None,
 ) -> None:
     """Serve until interrupted. ``api_key`` None falls back to ``$NCDETECT_API_KEY``; port 0 takes a free
-    port. The address is printed once the socket listens."""
+    port; ``model_threads`` None = one per core. The address is printed once the socket listens."""
     _require_extra()
     import uvicorn
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    app = build_app(model, max_upload_mb, api_key, threshold, max_pending, device)
+    threads = model_threads or os.cpu_count() or 1
+    app = build_app(model, max_upload_mb, api_key, threshold, max_pending, device, threads)
     if not is_local(host) and api_key is None:
         print(
             f"ncdetect: warning: serving on {host} without an API key: anyone who can reach this address "

@@ -118,10 +118,14 @@ def model_info(detector: Detector) -> dict[str, Any]:
 
 
 def create_app(
-    detector: Detector, max_upload_mb: float = 50.0, api_key: str | None = None, max_pending: int = 16
+    detector: Detector,
+    max_upload_mb: float = 50.0,
+    api_key: str | None = None,
+    max_pending: int = 16,
+    model_threads: int = 1,
 ) -> FastAPI:
     """The server for a loaded detector; ``api_key`` (if given) is required on every ``/v1`` request."""
-    scorer = Scorer(detector, max_pending=max_pending)
+    scorer = Scorer(detector, max_pending=max_pending, model_threads=model_threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,12 +1,16 @@
-"""Inference off the event loop: admission with a bound, decoding in a thread pool, and one model thread
-that batches the windows of concurrent requests together.
+"""Inference off the event loop: admission with a bound, decoding in a thread pool, and model threads
+that batch the windows of concurrent requests together.
 
 A request is admitted only once its upload is complete (a slow client holds no worker and no queue
 slot); at most ``max_pending`` requests are decoded or scored at once, and the next one gets
 :class:`Busy` (HTTP 503 with Retry-After). Decoding goes through the project's audio loader, so a bad
-upload gets the same one-line reason as ``ncdetect detect``. The model thread takes every window that is
+upload gets the same one-line reason as ``ncdetect detect``. A model thread takes every window that is
 waiting, up to the detector's batch size, so concurrent clients share batches, and a long file is cut
 into batch-sized jobs, so it cannot hold the model while short files wait.
+
+``ncdetect serve`` runs one model thread per core, each with one intra-op thread: batches run side by
+side rather than one batch spread over the cores. On a busy machine, a multi-threaded batch waits for
+its slowest thread, and scoring slowed several-fold in our measurements; single-threaded batches do not.
 """
 
 from __future__ import annotations
@@ -55,7 +59,13 @@ class _Job:
 class Scorer:
     """The server's detector: decoding threads, an admission bound and one batching model thread."""
 
-    def __init__(self, detector: Detector, max_pending: int = 16, decode_threads: int | None = None):
+    def __init__(
+        self,
+        detector: Detector,
+        max_pending: int = 16,
+        decode_threads: int | None = None,
+        model_threads: int = 1,
+    ):
         self.detector = detector
         self.max_pending = max(1, int(max_pending))
         self._pending = 0
@@ -69,10 +79,15 @@ class Scorer:
         self._tmpdir = tempfile.TemporaryDirectory(prefix="ncdetect-serve-")
         self._tmp = Path(self._tmpdir.name)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._carry: deque[_Job] = deque()
+        self._carry: deque[_Job | None] = deque()
+        self._gather = threading.Lock()
         self._seconds_per_window = 0.05
-        self._thread = threading.Thread(target=self._model_loop, name="ncdetect-model", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._model_loop, name=f"ncdetect-model-{i}", daemon=True)
+            for i in range(max(1, int(model_threads)))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- admission ---------------------------------------------------------------------------------
 
@@ -131,21 +146,28 @@ class Scorer:
     def _model_loop(self) -> None:
         import time
 
+        if len(self._threads) > 1:
+            import torch
+
+            # Per thread: OpenMP keeps the team size of each calling thread, so a setting made in the main
+            # thread would leave this one with a team per core.
+            torch.set_num_threads(1)
         while True:
-            job = self._carry.popleft() if self._carry else self._jobs.get()
-            if job is None:
-                return
-            batch, n = [job], job.hi - job.lo
-            while n < self.detector.batch_size:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None or n + more.hi - more.lo > self.detector.batch_size:
-                    self._carry.append(more)  # the next round starts with it (or stops)
-                    break
-                batch.append(more)
-                n += more.hi - more.lo
+            with self._gather:  # one thread at a time takes what is waiting, the others compute
+                job = self._carry.popleft() if self._carry else self._jobs.get()
+                if job is None:
+                    return
+                batch, n = [job], job.hi - job.lo
+                while n < self.detector.batch_size:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None or n + more.hi - more.lo > self.detector.batch_size:
+                        self._carry.append(more)  # the next round starts with it (or stops)
+                        break
+                    batch.append(more)
+                    n += more.hi - more.lo
             started = time.perf_counter()
             try:
                 logits = self.detector.model.logits(np.concatenate([j.stack() for j in batch]))
@@ -160,8 +182,10 @@ class Scorer:
                 i += j.hi - j.lo
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
+        for _ in self._threads:  # one stop mark per model thread
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
         self._decode.shutdown(wait=False, cancel_futures=True)
         self._tmpdir.cleanup()
 
