@@ -8,8 +8,8 @@ pool is the union of the embedding folders' rows, deduplicated by (dataset, utt_
   has one (the demo corpus' manifests do), else it is left out. The duration is the ``duration`` column
   (seconds) when there is one, else the audio header (``soundfile.info``, no decoding); rows whose header
   cannot be read count as ``unknown``, with a notice. Quartiles are those of the pool's known durations.
-- **Spaces** (one entry per embedding folder, in its model's space; Euclidean, or on L2-normalised
-  vectors under ``metric="cosine"``), per class:
+- **Spaces** (one entry per embedding folder: ``source`` is its model, ``data`` the datasets it embeds;
+  Euclidean, or on L2-normalised vectors under ``metric="cosine"``), per class:
   ``kept_nn``: the mean distance from a kept sample to its nearest other kept sample (how spread out the
   kept set is); ``pool_to_kept``: the mean distance from a pool sample to its nearest kept sample (how
   well the kept set covers the pool; 0 when everything is kept). Each mean is over at most
@@ -250,7 +250,8 @@ def format_coverage(cov: dict[str, Any]) -> list[str]:
                    f"{none} with none kept")
     for space in cov.get("spaces", []):
         nc1 = ", ".join(f"{name} {_fmt(space[name])}" for name in ("nc1_kept", "nc1_pool"))
-        out.append(f"  space {space['source']}: {nc1}")
+        on = f" on {space['data']}" if space.get("data") else ""
+        out.append(f"  space of {space['source']}{on}: {nc1}")
         for c, e in space["per_class"].items():
             out.append(f"    {c:<9} kept {e['kept']}/{e['pool']}, mean NN distance of kept "
                        f"{_fmt(e['kept_nn'])}, pool to nearest kept {_fmt(e['pool_to_kept'])}")

@@ -249,7 +249,8 @@ def _coverage(
     spaces = []
     for es in sets:
         rows = np.flatnonzero(pd.MultiIndex.from_frame(es.index[["dataset", "utt_id"]]).isin(kept_keys))
-        spaces.append({"source": es.name, "emb_dir": str(es.path),
+        data = "+".join(sorted(es.index["dataset"].astype(str).unique()))
+        spaces.append({"source": es.name, "data": data, "emb_dir": str(es.path),
                        **space_coverage(es.embeddings, es.labels, rows, metric)})
     cov["spaces"] = spaces
     return cov
