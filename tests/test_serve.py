@@ -125,6 +125,22 @@ def test_onnx_model_serves_the_numbers_of_the_run(run_dir, clips, tmp_path):
     assert got["score"] == pytest.approx(cli_torch["score"], abs=1e-4)
 
 
+def test_onnx_files_that_cannot_be_served_are_one_line(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra ncdetect[onnx])")
+    import onnx
+
+    from ncdetect.export import export_onnx
+
+    proto = onnx.load(str(export_onnx(run_dir, tmp_path / "model.onnx")))
+    del proto.metadata_props[:]  # as exported by another tool: no window, no front-end
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(NcdetectError, match=r"bare\.onnx: no ncdetect metadata"):
+        build_app(tmp_path / "bare.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(NcdetectError, match=r"junk\.onnx: not a loadable ONNX model"):
+        build_app(tmp_path / "junk.onnx")
+
+
 def test_model_health_and_docs(client, run_dir):
     info = client.get("/v1/model").json()
     assert info["architecture"] == "tiny_resnet" and info["format"] == "pytorch"

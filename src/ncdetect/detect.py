@@ -15,6 +15,10 @@ false-reject rates are equal; it depends on the dev set's attacks, hence not the
 
 A file that cannot be read yields ``{"path": ..., "error": ...}`` and the others go on; the command's
 exit status is then 1.
+
+The model is a run folder (PyTorch) or an ``.onnx`` file from ``ncdetect export`` (onnxruntime; the
+run's config travels in its metadata). ``ncdetect serve`` scores with the same :class:`Detector`
+(:func:`plan_windows` and :func:`combine_logits`), so its numbers are those of ``detect``.
 """
 
 from __future__ import annotations
