@@ -144,7 +144,9 @@ function niceStep(raw) {
 
 // One file's window scores over time, with the threshold line: where in a long file the fake part is.
 function timeline(r, index) {
-  const W = 640, H = 170, left = 44, right = 10, top = 12, bottom = 28;
+  // Drawn at the width it is shown at, so that its text keeps its size on a phone.
+  const W = Math.max(280, Math.min(900, $("timelines").clientWidth - 24)), H = 170;
+  const left = 44, right = 10, top = 12, bottom = 28;
   const windowS = state.model ? state.model.window_s : 0;
   const points = r.windows.map((w) => ({
     t: Math.min(w.start_s + windowS / 2, Math.max(r.duration_s, w.start_s)),
@@ -178,7 +180,7 @@ function timeline(r, index) {
   for (const s of [hi, r.threshold, lo]) {
     svg("text", { x: left - 4, y: y(s) + 4, "text-anchor": "end" }, root).textContent = s.toFixed(span < 1 ? 2 : 1);
   }
-  const step = niceStep(end / 6);
+  const step = niceStep(end / Math.max(2, Math.floor(W / 90)));
   for (let t = 0; t <= end + 1e-9; t += step) {
     const label = step < 1 ? t.toFixed(1) : t.toFixed(0);
     svg("text", { x: x(t), y: H - bottom + 14, "text-anchor": "middle" }, root).textContent = label;
