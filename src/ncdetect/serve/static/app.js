@@ -145,8 +145,8 @@ function niceStep(raw) {
 // One file's window scores over time, with the threshold line: where in a long file the fake part is.
 function timeline(r, index) {
   // Drawn at the width it is shown at, so that its text keeps its size on a phone.
-  const W = Math.max(280, Math.min(900, $("timelines").clientWidth - 24)), H = 170;
-  const left = 44, right = 10, top = 12, bottom = 28;
+  const W = Math.max(280, Math.min(900, $("timelines").clientWidth - 24)), H = 180;
+  const left = 44, right = 10, top = 12, bottom = 38;
   const windowS = state.model ? state.model.window_s : 0;
   const points = r.windows.map((w) => ({
     t: Math.min(w.start_s + windowS / 2, Math.max(r.duration_s, w.start_s)),
@@ -185,7 +185,7 @@ function timeline(r, index) {
     const label = step < 1 ? t.toFixed(1) : t.toFixed(0);
     svg("text", { x: x(t), y: H - bottom + 14, "text-anchor": "middle" }, root).textContent = label;
   }
-  svg("text", { x: W - right, y: H - 4, "text-anchor": "end" }, root).textContent = "time (s)";
+  svg("text", { x: (left + W - right) / 2, y: H - 4, "text-anchor": "middle" }, root).textContent = "time (s)";
   svg("line", { x1: left, x2: W - right, y1: y(r.threshold), y2: y(r.threshold), stroke: "#1b1f24",
                 "stroke-dasharray": "5 4", class: "threshold" }, root);
   svg("text", { x: W - right - 2, y: y(r.threshold) - 4, "text-anchor": "end" }, root).textContent =
