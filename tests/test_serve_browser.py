@@ -219,14 +219,17 @@ def test_record_button_uploads_the_recording(server, tmp_path):
     with _chromium(tmp_path / "profile", fake_microphone) as (page, errors):
         page.goto(server + "/")
         record = page.get_by_role("button", name="Record")
+        started = time.monotonic()
         record.click()
         expect(record).to_have_attribute("aria-pressed", "true")
-        page.wait_for_timeout(1500)  # record about 1.5 s
+        page.wait_for_timeout(1500)  # record at least 1.5 s
         page.get_by_role("button", name="Stop recording").click()
+        stopped = time.monotonic()
         expect(page.locator("#results tbody tr")).to_have_count(1, timeout=60_000)
         cells = page.locator("#results tbody tr td").all_inner_texts()
         assert cells[0] == "recording-1.wav" and cells[1] in ("bonafide", "spoof")
-        assert 1.0 <= float(cells[4]) <= 5.0
+        # The recording spans the time between the two clicks, however long a busy machine made it.
+        assert 1.0 <= float(cells[4]) <= stopped - started + 0.5
         expect(page.locator("svg.timeline")).to_have_count(1)
         expect(record).to_have_attribute("aria-pressed", "false")
         assert errors == []
