@@ -477,6 +477,17 @@ def test_space_coverage_against_brute_force():
     assert only_spoof["nc1_kept"] is None and only_spoof["per_class"]["bonafide"]["kept_nn"] is None
 
 
+@pytest.mark.parametrize("d", [3, 64])
+def test_coverage_nc1_equals_nc_metrics(d):
+    from ncdetect.collapse.coverage import _nc1
+
+    rng = np.random.default_rng(d)
+    y = (rng.random(500) < 0.3).astype(np.int64)
+    x = (rng.normal(size=(500, d)) * rng.random(d) * 3 + 2 * rng.normal(size=(2, d))[y]).astype(np.float32)
+    rows = np.sort(rng.choice(500, 200, replace=False))
+    assert _nc1(x, y, rows) == pytest.approx(nc_metrics(x[rows], y[rows])["nc1"], rel=1e-9)
+
+
 def test_nearest_distance_excludes_only_the_own_row():
     ref = np.array([[0.0, 0], [1, 0], [1, 0], [5, 5]], dtype=np.float32)
     assert nearest_distance(ref, ref, exclude=np.arange(4)).tolist() == pytest.approx(

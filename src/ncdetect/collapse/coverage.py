@@ -239,10 +239,12 @@ def _nc1(embeddings: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> float 
     if not keep.any():
         return None
     basis, evals = evecs[:, keep], evals[keep]
+    # Project first, then subtract the projected class means: K numbers per row instead of D.
+    mean_proj = mu @ basis
     squares = np.zeros(basis.shape[1])
     for start in range(0, x.shape[0], QUERY_ROWS * 16):
         block = x[start : start + QUERY_ROWS * 16]
-        proj = (block - mu[lab[start : start + block.shape[0]]]) @ basis
+        proj = block.astype(np.float64) @ basis - mean_proj[lab[start : start + block.shape[0]]]
         squares += np.einsum("ij,ij->j", proj, proj)
     return float(np.sum(squares / x.shape[0] / evals) / k)
 
