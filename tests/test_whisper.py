@@ -250,3 +250,20 @@ def test_demo_whisper_recipe_resolves_to_valid_configs(tmp_path):
     sources = [_train_config(s.config, s.set, 0) for s in recipe.sources]
     assert [s.frontend.name for s in sources] == ["whisper", "whisper"]
     assert [s.model.name for s in sources] == ["tiny_resnet", "attn_mlp"]
+
+
+def test_hidden_layers_from_a_cut_encoder(tmp_path, monkeypatch, fe):
+    monkeypatch.setenv("NCDETECT_CACHE", str(tmp_path))
+    assert whisper.encoder_layers(fe.model_path) == 4  # tiny.en
+    x = torch.randn(2, 16_000) * 0.1
+    first = build_frontend("whisper", threads=1, layers=1)
+    (cut,) = (tmp_path / "whisper").iterdir()
+    assert whisper.encoder_layers(cut) == 1 and (cut / "config.json").is_file()
+    out = first(x)
+    assert out.shape == fe(x).shape and first.n_features == 384
+    assert (out - fe(x)).abs().mean() > 0.1  # another layer, not the encoder output
+    torch.testing.assert_close(build_frontend("whisper", threads=1, layers=4)(x), fe(x))  # all = the default
+    assert build_frontend("whisper", threads=1, layers=1).encoder is first.encoder  # cut and loaded once
+    assert first.cache_identity != build_frontend("whisper", threads=1, layers=2).cache_identity
+    with pytest.raises(ConfigError, match=r"layers must be an integer in \[1, 4\]"):
+        build_frontend("whisper", layers=0)

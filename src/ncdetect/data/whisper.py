@@ -13,8 +13,12 @@ trained and never enters a model's state dict or its safetensors file (a run fol
 config that rebuilds it). Being frozen also makes it cacheable: with ``data.feature_cache`` the encoder
 runs once per utterance and window and later epochs read its float16 output (see ``data/cache.py``).
 
-Layers: CTranslate2 4.x exposes only the encoder's final output (after its last layer norm), not the
-hidden layers, so that is the output sequence.
+Layers: CTranslate2's ``encode`` returns only the encoder's final output (after its last layer norm); it
+exposes no hidden layers. ``layers: N`` gets the N-th layer anyway: CTranslate2 builds the encoder from the
+``encoder/layer_*`` weights it finds, so a copy of ``model.bin`` without the layers after N (written once to
+``~/.cache/ncdetect/whisper``) returns layer N, through the final layer norm. It is also faster. On the demo
+target, early layers carry the vocoder and channel traces that the last one, tuned for transcription,
+has averaged away (README, "Whisper front-end and codec augmentation").
 
 Log-mel, as Whisper computes it (``whisper.audio.log_mel_spectrogram``): a 400-point STFT with a periodic
 Hann window, hop 160, ``center=True`` with reflect padding, the last frame dropped; power; the Slaney mel
@@ -28,10 +32,16 @@ Not exportable to ONNX: the encoder is a CTranslate2 graph, not a torch one (``n
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
+import re
+import shutil
+import struct
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -70,6 +80,86 @@ def resolve_model_dir(model_dir: str | Path | None) -> Path:
     return path
 
 
+def _read_string(f: BinaryIO) -> str:
+    (n,) = struct.unpack("<H", f.read(2))
+    return f.read(n).rstrip(b"\0").decode("utf-8")
+
+
+def _variables(model_bin: Path) -> tuple[bytes, list[tuple[str, int, int]], int]:
+    """The header of a CTranslate2 ``model.bin`` and its variables as ``(name, start, end)`` byte ranges,
+    read without loading the weights; the aliases follow at the returned offset."""
+    with open(model_bin, "rb") as f:
+        version = struct.unpack("<I", f.read(4))[0]
+        if version < 5:
+            raise ConfigError(f"{model_bin}: CTranslate2 model format {version} is too old to cut hidden "
+                              "layers from; convert the model with a recent ctranslate2")
+        _read_string(f)
+        f.read(4)  # spec revision
+        header = f.tell()
+        (count,) = struct.unpack("<I", f.read(4))
+        spans = []
+        for _ in range(count):
+            start = f.tell()
+            name = _read_string(f)
+            (rank,) = struct.unpack("<B", f.read(1))
+            f.read(4 * rank + 1)  # dimensions, dtype
+            (size,) = struct.unpack("<I", f.read(4))
+            f.seek(size, 1)
+            spans.append((name, start, f.tell()))
+        return Path(model_bin).read_bytes()[:header], spans, f.tell()
+
+
+def encoder_layers(path: Path) -> int:
+    """The number of transformer layers of a model directory's encoder."""
+    _, spans, _ = _variables(path / "model.bin")
+    found = {int(m.group(1)) for name, _, _ in spans if (m := re.match(r"encoder/layer_(\d+)/", name))}
+    return max(found) + 1 if found else 0
+
+
+def hidden_layer_model(path: Path, layers: int) -> Path:
+    """A copy of the model in ``path`` whose encoder stops after its first ``layers`` layers (then its
+    final layer norm), so CTranslate2's ``encode`` returns that hidden layer.
+
+    CTranslate2 builds an encoder from the ``encoder/layer_N`` variables it finds, and its Python API has
+    no other way to a hidden layer. The copy is written once into the user's cache folder
+    (``$NCDETECT_CACHE``, default ``~/.cache/ncdetect``), named after the source model file and ``layers``.
+    """
+    model_bin = path / "model.bin"
+    st = model_bin.stat()
+    digest = hashlib.sha256(f"{model_bin.resolve()}|{st.st_size}|{st.st_mtime_ns}|{layers}".encode())
+    root = Path(os.environ.get("NCDETECT_CACHE", Path.home() / ".cache" / "ncdetect")) / "whisper"
+    target = root / f"{path.name}-layers{layers}-{digest.hexdigest()[:12]}"
+    if (target / "model.bin").is_file():
+        return target
+    header, spans, tail = _variables(model_bin)
+    keep = [(a, b) for name, a, b in spans
+            if not ((m := re.match(r"encoder/layer_(\d+)/", name)) and int(m.group(1)) >= layers)]
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        with open(model_bin, "rb") as src, open(tmp / "model.bin", "wb") as out:
+            out.write(header + struct.pack("<I", len(keep)))
+            for a, b in keep:
+                src.seek(a)
+                out.write(src.read(b - a))
+            src.seek(tail)
+            out.write(src.read())  # the aliases
+        for extra in path.iterdir():
+            if extra.is_file() and extra.name != "model.bin":
+                shutil.copy2(extra, tmp / extra.name)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model.bin").is_file():  # not merely another process that finished first
+                raise
+    except OSError as err:
+        raise ConfigError(f"frontend whisper: cannot write the {layers}-layer encoder to {target} "
+                          f"({err.strerror or err}); set NCDETECT_CACHE to a writable folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _n_mels(path: Path) -> int:
     # faster-whisper writes the mel count of large-v3 (128) into preprocessor_config.json; the others
     # (and the bundled tiny.en) have 80 and may lack the file.
@@ -98,7 +188,7 @@ class WhisperEncoder:
         try:
             self.model = ctranslate2.models.Whisper(str(path), device=device, compute_type=compute_type,
                                                     intra_threads=threads)
-        except (RuntimeError, ValueError) as err:
+        except Exception as err:  # CTranslate2 raises RuntimeError, ValueError, IndexError, ...
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise ConfigError(f"frontend whisper: cannot load {path} ({first}); {HOW_TO_GET}") from None
         self.calls = 0  # encode() calls
@@ -163,6 +253,8 @@ class WhisperFrontend(torch.nn.Module):
     ``threads``: CTranslate2's intra-op threads; 0 = as many as torch uses.
     ``batch_size``: windows per encoder call (bounds memory on long batches).
     ``device``: ``cpu`` or ``cuda`` (CTranslate2's own CUDA build).
+    ``layers``: take the output of the first ``layers`` encoder layers (then the final layer norm) instead
+    of the last; None = all (the encoder output). See :func:`hidden_layer_model`.
     """
 
     name = "whisper"
@@ -178,10 +270,11 @@ class WhisperFrontend(torch.nn.Module):
         threads: int = 0,
         batch_size: int = 16,
         device: str = "cpu",
+        layers: int | None = None,
     ) -> None:
         super().__init__()
         self._config = dict(model_dir=model_dir, compute_type=compute_type, threads=threads,
-                            batch_size=batch_size, device=device)
+                            batch_size=batch_size, device=device, layers=layers)
         if compute_type not in COMPUTE_TYPES:
             raise ConfigError(f"frontend whisper: compute_type must be one of {', '.join(COMPUTE_TYPES)}, "
                               f"not {compute_type!r}")
@@ -193,8 +286,16 @@ class WhisperFrontend(torch.nn.Module):
             raise ConfigError(f"frontend whisper: device must be cpu or cuda, not {device!r}")
         self.model_path = resolve_model_dir(model_dir)
         self.batch_size = batch_size
+        encoder_path = self.model_path
+        if layers is not None:
+            total = encoder_layers(self.model_path)
+            if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+                raise ConfigError(f"frontend whisper: layers must be an integer in [1, {total}] for "
+                                  f"{self.model_path} (or null for all), not {layers!r}")
+            if layers < total:
+                encoder_path = hidden_layer_model(self.model_path, layers)
         self.mel = WhisperLogMel(_n_mels(self.model_path))
-        self.encoder = load_encoder(self.model_path, compute_type, threads or torch.get_num_threads(), device)
+        self.encoder = load_encoder(encoder_path, compute_type, threads or torch.get_num_threads(), device)
         probe = self.encoder.encode(np.zeros((1, self.mel.n_mels, 2), dtype=np.float32))
         self.encoder.calls, self.encoder.windows = 0, 0
         self.n_features = int(probe.shape[-1])
