@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import inspect
 import json
 import os
 import shutil
@@ -434,11 +435,13 @@ def test_disk_filling_during_training(tmp_path, monkeypatch, toy_manifest):
 
 
 # Run in a subprocess: a memory map that hits a full disk dies of SIGBUS, which would take pytest with it.
+# fill() goes in as source: importing this module there would load torch and the whole CLI for nothing.
 _SUBPROCESS_PRELUDE = f"""
+import errno
+import os
 import sys
 from pathlib import Path
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_reliability import fill
+{textwrap.dedent(inspect.getsource(fill))}
 disk = Path(sys.argv[1])
 """
 _EMBED_SCRIPT = _SUBPROCESS_PRELUDE + """
