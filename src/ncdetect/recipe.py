@@ -252,44 +252,33 @@ def _check_sampling(recipe: Recipe, path: str | Path) -> None:
 
     from .collapse import sampling
 
-    where = f"{path}: sampling.strategies"
-    valid = ", ".join(sampling.STRATEGIES)
-    options_of = inspect.signature(sampling.sample_folders).parameters
-    not_options = {"emb_dirs", "strategy", "rate", "seed", "out", "progress"}
-    valid_options = [name for name in options_of if name not in not_options]
-    choices = {name: getattr(sampling, const) for name, const in
-               [("fake_mode", "FAKE_MODES"), ("real_mode", "REAL_MODES"), ("metric", "METRICS"),
-                ("order", "ORDERS"), ("combine", "COMBINES")] if hasattr(sampling, const)}
-    for key in ("fake_mode", "metric"):
+    where = f"{path}: sampling"
+    for key, choices in (("fake_mode", sampling.FAKE_MODES), ("metric", sampling.METRICS)):
         value = getattr(recipe.sampling, key)
-        if key in choices and value not in choices[key]:
-            raise ConfigError(f"{path}: sampling.{key}: {value!r} is not one of {', '.join(choices[key])}")
+        if value not in choices:
+            raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
+    not_options = {"emb_dirs", "strategy", "rate", "seed", "out", "progress"}
+    valid_options = [n for n in inspect.signature(sampling.sample_folders).parameters if n not in not_options]
     names = []
     for variant in recipe.sampling.variants():
-        if variant.strategy == FULL or variant.name == FULL:
-            raise ConfigError(f"{where}: {FULL!r} is reserved for the full-data baseline, which every run "
-                              f"trains; valid strategies: {valid}")
-        if variant.strategy not in sampling.STRATEGIES:
-            raise ConfigError(f"{where}: unknown strategy {variant.strategy!r}; valid: {valid}")
-        for key, value in variant.options.items():
-            if key not in valid_options:
-                raise ConfigError(f"{where} ({variant.name}): unknown option {key!r}; valid: "
-                                  f"{', '.join(valid_options)}")
-            if key in choices and value not in choices[key]:
-                raise ConfigError(f"{where} ({variant.name}): {key} {value!r} is not one of "
-                                  f"{', '.join(choices[key])}")
-        if hasattr(sampling, "check_takes"):
-            try:
-                sampling.check_takes(sampling.STRATEGIES.get(variant.strategy), variant.options)
-            except ConfigError as err:
-                raise ConfigError(f"{where} ({variant.name}): {err}") from None
+        if FULL in (variant.strategy, variant.name):
+            raise ConfigError(f"{where}.strategies: {FULL!r} is reserved for the full-data baseline, which "
+                              f"every run trains; valid strategies: {', '.join(sampling.STRATEGIES.names())}")
+        unknown = sorted(set(variant.options) - set(valid_options))
+        if unknown:
+            raise ConfigError(f"{where}.strategies ({variant.name}): unknown option {unknown[0]!r}; valid: "
+                              f"{', '.join(valid_options)}")
+        try:
+            sampling.check_options(variant.strategy, **variant.options)
+        except ConfigError as err:
+            raise ConfigError(f"{where}.strategies ({variant.name}): {err}") from None
         names.append(variant.name)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{where}: selection names must be unique; repeated: {', '.join(dupes)}")
+        raise ConfigError(f"{where}.strategies: selection names must be unique; repeated: {', '.join(dupes)}")
     if recipe.sampling.headline not in names:
-        raise ConfigError(f"{path}: sampling.headline: {recipe.sampling.headline!r} is not one of the "
-                          f"selections: {', '.join(names)}")
+        raise ConfigError(f"{where}.headline: {recipe.sampling.headline!r} is not one of the selections: "
+                          f"{', '.join(names)}")
 
 
 def _check_config(config: Path | None, overrides: dict[str, Any], where: str) -> None:
