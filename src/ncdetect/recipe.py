@@ -9,7 +9,6 @@ chosen with ``--profile``), the environment, or ``--var NAME=VALUE``, in rising 
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 from pathlib import Path
@@ -287,14 +286,9 @@ def _check_config(config: Path | None, overrides: dict[str, Any], where: str) ->
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"{where}: config file {config} not found")
     try:
-        load_config(config, override_items(overrides))
+        load_config(config, values=overrides)  # as the pipeline applies a source's `set:`
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-
-
-def override_items(overrides: dict[str, Any]) -> list[str]:
-    """A recipe's ``set:`` mapping as ``key=value`` overrides (values as YAML, as on the command line)."""
-    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
 
 
 def _check_filter(spec: DataSpec | None, where: str) -> None:
