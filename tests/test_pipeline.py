@@ -54,7 +54,10 @@ def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1), extra_strategies=(
 @pytest.mark.slow
 def test_run_end_to_end_and_cache(tmp_path):
     cross = {"name": "nc-cross", "strategy": "nc", "options": {"cross_source": True}}
-    recipe = load_recipe(write_recipe(tmp_path / "data", extra_strategies=[cross]))
+    # near at both rates (below the switch): the same rows as nc, so trained and scored once
+    auto = {"name": "nc-auto", "strategy": "nc", "options": {"fake_mode": "attack", "order": "auto",
+                                                             "order_switch": 0.9}}
+    recipe = load_recipe(write_recipe(tmp_path / "data", extra_strategies=[cross, auto]))
     out = tmp_path / "out"
     lines: list[str] = []
     results = run_recipe(recipe, out, log=lines.append)
@@ -66,8 +69,12 @@ def test_run_end_to_end_and_cache(tmp_path):
 
     # rows: full data, then nc and random at each rate
     names = [(r["strategy"], r["rate"]) for r in results["table"]]
-    assert names == [("full", 1.0), ("nc", 0.5), ("random", 0.5), ("nc-cross", 0.5),
-                     ("nc", 0.25), ("random", 0.25), ("nc-cross", 0.25)]
+    assert names == [("full", 1.0), ("nc", 0.5), ("random", 0.5), ("nc-cross", 0.5), ("nc-auto", 0.5),
+                     ("nc", 0.25), ("random", 0.25), ("nc-cross", 0.25), ("nc-auto", 0.25)]
+    rows = {(r["strategy"], r["rate"]): r for r in results["table"]}
+    assert rows[("nc-auto", 0.5)]["eer_tgt_mean"] == rows[("nc", 0.5)]["eer_tgt_mean"]
+    assert not list(out.glob("compact/nc-auto-*")) and not list(out.glob("scores/nc-auto-*"))
+    assert any("nc-auto-r0.5-s1: the same training set as nc-r0.5-s1; reused" in line for line in lines)
     # cross-source scoring: each source model also embedded the other source's training set, and the
     # selection ranked every row in both spaces
     views = sorted(p.name for p in out.glob("embeddings/*-on-*/*-on-*"))
@@ -100,14 +107,14 @@ def test_run_end_to_end_and_cache(tmp_path):
         assert p["nc_minus_full"] == pytest.approx(p["nc"] - head["full_eer"])
         assert len(p["nc_minus_full_ci95"]) == 2
     area = on_disk["comparisons"]["tgt"]["mean_eer_over_log_rate"]
-    assert set(area) == {"nc", "random", "nc-cross"}
+    assert set(area) == {"nc", "random", "nc-cross", "nc-auto"}
 
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
     assert "95% paired-bootstrap intervals" in html
     # what each selection kept, at the middle rate: shares per attack and each source space's statistics
     kept = on_disk["coverage"]["selections"]
-    assert on_disk["coverage"]["rate"] == 0.5 and set(kept) == {"nc", "random", "nc-cross"}
+    assert on_disk["coverage"]["rate"] == 0.5 and set(kept) == {"nc", "random", "nc-cross", "nc-auto"}
     assert kept["random"]["per_attack"]["A01"]["total"] == 8
     assert [s["source"] for s in kept["nc"]["spaces"]] == ["src_a", "src_b"]
     md = (out / "report.md").read_text()
@@ -117,7 +124,7 @@ def test_run_end_to_end_and_cache(tmp_path):
 
     # a rerun finds every stage complete and retrains nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
-    again = run_recipe(load_recipe(write_recipe(tmp_path / "data", extra_strategies=[cross])), out,
+    again = run_recipe(load_recipe(write_recipe(tmp_path / "data", extra_strategies=[cross, auto])), out,
                        log=lines.append)
     assert again["table"] == results["table"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before

@@ -384,22 +384,30 @@ def stage_compact(exp: Experiment) -> None:
     compact = exp.recipe.compact
     variants = {v.name: v for v in exp.recipe.sampling.variants()}
     variants[FULL] = VariantSpec(name=FULL, strategy=FULL)
+    # Two selections can be the same rows (nc with order auto is nc below the switch rate): such a
+    # training set is trained, and later scored, once.
+    trained: dict[str, tuple] = {}
     for seed in exp.recipe.seeds:
+        cfg = _train_config(compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
             if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
             name = _run_name(strategy, rate, seed)
+            stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
+                                                "train": _file_digest(manifest)})
+            if stage.key in trained:
+                exp.log(f"[compact] {name}: the same training set as {trained[stage.key][0].name}; reused")
+                exp.compact_runs[(strategy, rate, seed)] = trained[stage.key]
+                continue
 
-            def train_compact(manifest: Path = manifest, seed: int = seed, name: str = name) -> tuple:
-                cfg = _train_config(compact.config, compact.set, seed)
-                stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
-                                                    "train": _file_digest(manifest)})
+            def train_compact(manifest: Path = manifest, stage: Stage = stage, cfg=cfg) -> tuple:
                 metrics = _train(stage, cfg, manifest, None)
                 return stage.run_dir, {"n_train": int(metrics["n_train"]),
-                                           "train_seconds": float(stage.info()["train_seconds"])}
+                                       "train_seconds": float(stage.info()["train_seconds"])}
 
-            exp.compact_runs[(strategy, rate, seed)] = exp.run_stage("compact", name, train_compact)
+            trained[stage.key] = exp.compact_runs[(strategy, rate, seed)] = exp.run_stage(
+                "compact", name, train_compact)
 
 
 # --- 7. evaluate ---------------------------------------------------------------------------------
@@ -432,12 +440,15 @@ def stage_evaluate(exp: Experiment) -> None:
             exp.scores[(src.name, ev)] = exp.run_stage(
                 "evaluate", f"{src.name} on {ev}",
                 lambda n=src.name, e=ev: _score(exp, n, exp.source_runs[n], exp.source_keys[n], e))
+    scored: dict[tuple[Path, str], dict] = {}  # a model shared by two selections is scored once
     for (strategy, rate, seed), (run, _) in exp.compact_runs.items():
         name = _run_name(strategy, rate, seed)
-        run_key = run.parent.name.rsplit("-", 1)[-1]
+        key = run.parent.name.rsplit("-", 1)[-1]
         for ev in [*targets, *devs]:
-            exp.scores[(name, ev)] = exp.run_stage(
-                "evaluate", f"{name} on {ev}", lambda n=name, r=run, k=run_key, e=ev: _score(exp, n, r, k, e))
+            if (run, ev) not in scored:
+                scored[(run, ev)] = exp.run_stage("evaluate", f"{name} on {ev}",
+                                                  lambda n=name, r=run, k=key, e=ev: _score(exp, n, r, k, e))
+            exp.scores[(name, ev)] = scored[(run, ev)]
 
 
 # --- 8. results and report -----------------------------------------------------------------------
