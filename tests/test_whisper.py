@@ -242,8 +242,8 @@ def test_demo_whisper_recipe_resolves_to_valid_configs(tmp_path):
     names = ["DEMO_TARGET", "DEMO_TTS_EN_TRAIN", "DEMO_TTS_EN_DEV", "DEMO_VOC_ES_TRAIN", "DEMO_VOC_ES_DEV"]
     variables = {n: str(tmp_path / f"{n.lower()}.csv") for n in names}
     path = Path(__file__).parents[1] / "src/ncdetect/recipes/demo_whisper.yaml"
-    for extra, frontend, codec in (({}, "whisper", False), ({"CODEC": "true"}, "whisper", True),
-                                   ({"COMPACT_CONFIG": "../configs/tiny_resnet.yaml"}, "logmel", False)):
+    for extra, frontend, codec in (({}, "whisper", True), ({"CODEC": "false"}, "whisper", False),
+                                   ({"COMPACT_CONFIG": "../configs/tiny_resnet.yaml"}, "logmel", True)):
         recipe = load_recipe(path, {**variables, **extra})
         compact = _train_config(recipe.compact.config, recipe.compact.set, 0)
         assert compact.frontend.name == frontend and compact.augment.codec.enabled is codec
