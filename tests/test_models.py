@@ -13,7 +13,7 @@ from torch import nn
 from ncdetect.errors import ConfigError, NcdetectError
 from ncdetect.models import DropPath, SpoofModel, create_model, list_models, model_options, stats_pool
 
-ALL = ["convnext_atto", "convnext_femto", "lcnn", "resnet18", "resnet34", "tiny_resnet"]
+ALL = ["attn_mlp", "convnext_atto", "convnext_femto", "lcnn", "resnet18", "resnet34", "tiny_resnet"]
 
 # Narrow variants keep the per-model tests fast; only the parameter-count test builds the defaults.
 SMALL = {
@@ -23,10 +23,13 @@ SMALL = {
     "convnext_atto": dict(dims=[8, 16, 32, 64], drop_path=0.0),
     "convnext_femto": dict(dims=[8, 16, 32, 64], drop_path=0.0),
     "lcnn": dict(width=8),
+    "attn_mlp": dict(hidden=16, attention_dim=8),
 }
 
-# Parameter counts at the defaults with n_features=80 (only lcnn, which flattens frequency, depends on F).
+# Parameter counts at the defaults with n_features=80 (lcnn, which flattens frequency, and attn_mlp, whose
+# frame MLP reads every feature, depend on F).
 DEFAULT_PARAMS = {
+    "attn_mlp": 251_811,
     "convnext_atto": 3_538_106,
     "convnext_femto": 5_028_882,
     "lcnn": 240_962,
