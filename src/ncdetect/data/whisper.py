@@ -26,6 +26,12 @@ filters of ``librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)``; ``log10(max(
 the utterance's maximum - 8, then ``(x + 4) / 4``. The maximum is taken per utterance (Whisper takes it
 over its whole input tensor, which is one utterance in its own use).
 
+Threads and batches: CTranslate2 runs the encoder with ``intra_threads`` OpenMP threads (``threads``; 0 = as
+many as torch uses). On one core, batches of 1, 4 or 16 windows of 4 s ran within 25% of each other (int8;
+``benchmarks/bench_whisper.py``), so ``batch_size`` only bounds memory. Inputs shorter than Whisper's 30 s
+are encoded as they are (the positional embeddings are cut to length), which is what makes 1.5-4 s windows
+cheap.
+
 Not exportable to ONNX: the encoder is a CTranslate2 graph, not a torch one (``ncdetect export`` says so).
 """
 
