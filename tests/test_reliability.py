@@ -185,6 +185,8 @@ _ALLOWED = {
     },
     "runs.py": {"tmp_file": "save_weights sorts the header of its atomic_path temporary in place"},
     "data/cache.py": {"tmp": "the cache is built in a temporary folder that is renamed into place whole"},
+    "data/whisper.py": {"tmp": "the cut encoder is written in a temporary folder that is renamed into place "
+                               "whole"},
     "embed.py": {"shard_npy": "a per-process scratch shard (hidden name), removed after the merge or on a "
                               "failure"},
 }
