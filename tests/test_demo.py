@@ -151,7 +151,9 @@ def test_report_main_table_shows_the_numbers_of_results_json(first, results, fmt
         assert cells[2 + len(targets)] == f"{row['train_seconds']:.1f}"
     head = results["headline"]
     if head["per_rate"]:
-        assert f"at {head['nc_wins']} of {head['rates_compared']} rates" in text
+        counts = head["verdicts"]
+        assert (f"sampling is better than random sampling at {counts['better']} of {head['rates_compared']} "
+                f"rates, worse at {counts['worse']}, and not separated at {counts['not separated']}") in text
 
 
 def test_a_second_run_gives_the_same_results(first, results, corpus):
