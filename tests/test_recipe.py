@@ -101,7 +101,8 @@ def test_unknown_profile_and_var(tmp_path):
          r"sampling.strategies \(x\): unknown option 'colour'; valid: .*fake_mode"),
         (("rates: [0.5, 0.1, 0.1]",
           "rates: [0.5]\n  strategies: [random, {name: x, strategy: kcenter, options: {order: far}}]"),
-         r"sampling.strategies \(x\): order 'far' applies to strategies nc, nc-kcenter only; kcenter takes order 'near'"),
+         r"sampling.strategies \(x\): order 'far' applies to strategies nc, nc-kcenter only; "
+         r"kcenter takes order 'near'"),
         (("rates: [0.5, 0.1, 0.1]",
           "rates: [0.5]\n  strategies: [random, {name: random, strategy: nc}]"),
          r"selection names must be unique; repeated: random"),
