@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def _demo_missing() -> str | None:
 MISSING = _demo_missing()
 needs_demo = pytest.mark.skipif(MISSING is not None, reason=f"demo packages missing: {MISSING}")
 needs_ffmpeg = pytest.mark.skipif(
-    channel.shutil.which("ffmpeg") is None, reason="ffmpeg not installed (Debian package ffmpeg)"
+    shutil.which("ffmpeg") is None, reason="ffmpeg not installed (Debian package ffmpeg)"
 )
 
 

@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from ..config import CodecAugmentConfig
-from ..demo.channel import _decode_cmd, _ffmpeg, _fit
 from ..errors import NcdetectError
+from .ffmpeg import encode_decode
 
 SR = 16_000
 MP3_KBPS = (8, 16, 24, 32, 48, 64)
@@ -151,27 +148,8 @@ def codec_roundtrip(signals: Sequence[np.ndarray], codec: str, kbps: int | None 
     each output keeps its input's length."""
     if codec not in _CODECS:
         raise NcdetectError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
-    if not signals:
-        return []
     args, container, wire_sr, delay = _CODECS[codec]
-    exe = _ffmpeg()
-    with tempfile.TemporaryDirectory(prefix="ncdetect-codec-aug-") as tmp:
-        root = Path(tmp)
-        ins = [root / f"in{i}.wav" for i in range(len(signals))]
-        encs = [root / f"enc{i}.{container}" for i in range(len(signals))]
-        outs = [root / f"out{i}.wav" for i in range(len(signals))]
-        for path, x in zip(ins, signals, strict=True):
-            sf.write(str(path), np.clip(x, -1.0, 1.0), SR, subtype="PCM_16")
-        enc = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-        for path in ins:
-            enc += ["-i", str(path)]
-        for i, path in enumerate(encs):
-            enc += ["-map", f"{i}:a", "-ac", "1", "-ar", str(wire_sr), *args(kbps), "-f", container,
-                    str(path)]
-        _run(enc)
-        _run(_decode_cmd(encs, container if container in ("g722", "gsm") else None, outs))
-        decoded = [sf.read(str(o), dtype="float32")[0][delay:] for o in outs]
-    return [_fit(y, len(x)) for y, x in zip(decoded, signals, strict=True)]
+    return encode_decode(signals, args(kbps), container, wire_sr, delay, runner=_run)
 
 
 def render(signals: Sequence[np.ndarray], variants: Sequence[Variant], threads: int = 2) -> list[np.ndarray]:
