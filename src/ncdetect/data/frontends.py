@@ -135,6 +135,17 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
+def as_wave_batch(wave: torch.Tensor, who: str) -> torch.Tensor:
+    """``(T,)``, ``(B, T)`` or ``(B, 1, T)`` as ``(B, T)``; any other shape is a ValueError naming ``who``."""
+    if wave.dim() == 1:
+        wave = wave.unsqueeze(0)
+    elif wave.dim() == 3 and wave.shape[1] == 1:
+        wave = wave.squeeze(1)
+    if wave.dim() != 2:
+        raise ValueError(f"{who} expects a wave of shape (B, T), got {tuple(wave.shape)}")
+    return wave
+
+
 class Frontend(nn.Module):
     """Common interface; subclasses set ``name`` and ``n_features`` and implement ``_features``."""
 
@@ -154,12 +165,7 @@ class Frontend(nn.Module):
         raise NotImplementedError
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() == 1:
-            wave = wave.unsqueeze(0)
-        elif wave.dim() == 3 and wave.shape[1] == 1:
-            wave = wave.squeeze(1)
-        if wave.dim() != 2:
-            raise ValueError(f"{type(self).__name__} expects a wave of shape (B, T), got {tuple(wave.shape)}")
+        wave = as_wave_batch(wave, type(self).__name__)
         # Features are computed in float32 even inside an autocast region: log-power in float16 loses
         # the quiet bands and the DFT sums lose precision.
         with torch.autocast(device_type=wave.device.type, enabled=False):

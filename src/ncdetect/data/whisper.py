@@ -325,12 +325,9 @@ class WhisperFrontend(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` (or ``(T,)``, ``(B, 1, T)``) -> ``(B, 1, d_model, frames)`` float32, no gradients."""
-        if wave.dim() == 1:
-            wave = wave.unsqueeze(0)
-        elif wave.dim() == 3 and wave.shape[1] == 1:
-            wave = wave.squeeze(1)
-        if wave.dim() != 2:
-            raise ValueError(f"WhisperFrontend expects a wave of shape (B, T), got {tuple(wave.shape)}")
+        from .frontends import as_wave_batch  # here: frontends imports this module to register it
+
+        wave = as_wave_batch(wave, "WhisperFrontend")
         with torch.no_grad(), torch.autocast(device_type=wave.device.type, enabled=False):
             mel = self.mel(wave.detach().float().cpu()).numpy()
         step = self.batch_size
