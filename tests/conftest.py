@@ -148,3 +148,15 @@ def comparable_results(value, out: Path):
     if isinstance(value, str):
         return value.replace(str(out), "<OUT>")
     return value
+
+
+def naive_kcenter(x, k, start):
+    """Greedy k-center (Gonzalez) in plain loops: the reference the sampling tests compare with."""
+    x = x.astype(np.float64)
+    picks = [start]
+    dist = np.linalg.norm(x - x[start], axis=1)
+    for _ in range(k - 1):
+        i = int(np.argmax(dist))
+        picks.append(i)
+        dist = np.minimum(dist, np.linalg.norm(x - x[i], axis=1))
+    return picks

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import naive_kcenter
 from ncdetect.cli import SampleStrategy, app
 from ncdetect.collapse.sampling import (
     STRATEGIES,
@@ -264,17 +265,6 @@ def test_random_is_class_stratified_and_independent_per_class():
     b = STRATEGIES["random"](x, y, 0.1, real_rate=0.5, seed=1)
     # Changing the bonafide rate leaves the spoof draw unchanged.
     assert a.indices[y[a.indices] == 0].tolist() == b.indices[y[b.indices] == 0].tolist()
-
-
-def naive_kcenter(x, k, start):
-    x = x.astype(np.float64)
-    picks = [start]
-    dist = np.linalg.norm(x - x[start], axis=1)
-    for _ in range(k - 1):
-        i = int(np.argmax(dist))
-        picks.append(i)
-        dist = np.minimum(dist, np.linalg.norm(x - x[i], axis=1))
-    return picks
 
 
 @pytest.mark.parametrize("seed", [0, 1])

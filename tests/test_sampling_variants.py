@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from conftest import naive_kcenter
 from ncdetect.collapse.coverage import nearest_distance, space_coverage
 from ncdetect.collapse.metrics import nc_metrics
 from ncdetect.collapse.sampling import STRATEGIES, format_summary, sample_folders, select, summary_path
@@ -354,17 +355,6 @@ def test_min_margin_reads_the_index_score(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # representative and diverse
-
-
-def naive_kcenter(x, k, start):
-    x = x.astype(np.float64)
-    picks = [start]
-    dist = np.linalg.norm(x - x[start], axis=1)
-    for _ in range(k - 1):
-        i = int(np.argmax(dist))
-        picks.append(i)
-        dist = np.minimum(dist, np.linalg.norm(x - x[i], axis=1))
-    return picks
 
 
 @pytest.mark.parametrize("factor", [1.0, 2.0, 3.5])
