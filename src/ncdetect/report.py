@@ -109,6 +109,12 @@ def build_blocks(results: dict) -> list[Block]:
     blocks.append("Compact model trained on each selection; EER (%) on the target, mean ± std over seeds. "
                   "Lower is better. `nc` keeps the samples nearest to their class mean in each source "
                   "model's embedding space; `random` is a class-stratified random draw of the same size.")
+    named = {name: v for name, v in (results.get("variants") or {}).items() if name != v["strategy"]}
+    if named:
+        described = [", ".join([v["strategy"], *[f"{k} {x}" for k, x in v.items() if k != "strategy"]])
+                     for v in named.values()]
+        blocks.append("Selections with options: " + "; ".join(
+            f"`{name}` = {text}" for name, text in zip(named, described, strict=True)) + ".")
     header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "train time (s)"]
     rows = [[_row_name(r), *[_pm(r[f"eer_{t}_mean"], r[f"eer_{t}_std"], r["n_seeds"]) for t in targets],
              str(r["n_train"]), f"{r['train_seconds']:.1f}"] for r in results["table"]]
