@@ -525,13 +525,10 @@ def collect_results(exp: Experiment) -> dict:
 
 def _seed_scores(exp: Experiment, strategy: str, rate: float, target: str) -> pd.DataFrame:
     """Scores of one selection on one target, one column per seed, rows indexed by utt_id."""
-    columns = {}
-    for seed in exp.recipe.seeds:
-        df = pd.read_csv(exp.scores[(_run_name(strategy, rate, seed), target)]["scores_csv"],
-                         dtype={"utt_id": str})
-        columns[seed] = df.set_index("utt_id")["score"]
-        columns["label"] = df.set_index("utt_id")["label"]
-    return pd.DataFrame(columns)
+    frames = {seed: pd.read_csv(exp.scores[(_run_name(strategy, rate, seed), target)]["scores_csv"],
+                                dtype={"utt_id": str}).set_index("utt_id") for seed in exp.recipe.seeds}
+    labels = next(iter(frames.values()))["label"]  # the same target manifest for every seed
+    return pd.DataFrame({**{seed: df["score"] for seed, df in frames.items()}, "label": labels})
 
 
 def _comparisons(exp: Experiment, results: dict) -> dict:
