@@ -253,3 +253,45 @@ def test_the_embedding_figures_ring_the_headline_selection(tmp_path, monkeypatch
     ringed.clear()
     figures = _figures(exp, {**results, "headline": {"strategy": "kcenter"}})
     assert ringed == [None, None] and list(figures) == ["Embeddings of src_a", "Embeddings of src_b"]
+
+
+def test_a_step_budget_gives_every_compact_model_the_full_data_steps(tmp_path):
+    import yaml
+
+    def steps_budget(recipe: dict, **extra) -> None:
+        recipe["compact"].update({"budget": "steps", **extra})
+
+    path = _recipe_with(write_recipe(tmp_path / "data", rates=(0.25, 0.5), seeds=(0,)), steps_budget)
+    out = tmp_path / "out"
+    results = run_recipe(load_recipe(path), out, log=lambda m: None)
+    # the full data: 48 rows in batches of 8 for 2 epochs = 12 steps; nc and random at 0.25 have 12 rows
+    # (1 step an epoch) and at 0.5 24 rows (3 steps an epoch)
+    runs = {(r["strategy"], r["rate"]): r for r in results["runs"]}
+    assert {key: r["steps"] for key, r in runs.items()} == {key: 12 for key in runs}
+    assert {key: r["epochs"] for key, r in runs.items()} == {
+        ("full", 1.0): 2, ("nc", 0.5): 4, ("random", 0.5): 4, ("nc", 0.25): 12, ("random", 0.25): 12}
+    assert results["budget"] == {"kind": "steps", "max_epochs": None, "full_steps": 12}
+    assert all(r["steps"] == 12 for r in results["table"])
+
+    def config_of(name: str) -> dict:
+        return yaml.safe_load(next(out.glob(f"compact/{name}-*/{name}/config.yaml")).read_text())["optim"]
+
+    # the warm-up follows: one full-data epoch is 6 steps, for every rate
+    assert config_of("random-r0.25-s0")["warmup_steps"] == 6
+    assert config_of("full-r1-s0")["steps"] is None  # its own epochs are the budget
+    assert "Training budget **steps**: each compact model takes the full-data model's 12 optimiser steps" \
+        in (out / "report.md").read_text()
+
+    # a cap of 6 epochs: rate 0.25 stops at 6 steps with half the warm-up; rate 0.5 is under the cap, and
+    # its model (the same config) comes from the cache
+    before = {p: p.stat().st_mtime_ns for p in out.glob("compact/*-r0.5-s0-*/*/model.safetensors")}
+    capped = run_recipe(load_recipe(_recipe_with(path, lambda r: steps_budget(r, max_epochs=6))), out,
+                        log=lambda m: None)
+    runs = {(r["strategy"], r["rate"]): r for r in capped["runs"]}
+    assert {key: (r["steps"], r["epochs"]) for key, r in runs.items()} == {
+        ("full", 1.0): (12, 2), ("nc", 0.5): (12, 4), ("random", 0.5): (12, 4), ("nc", 0.25): (6, 6),
+        ("random", 0.25): (6, 6)}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("compact/*-r0.5-s0-*/*/model.safetensors")} == before
+    both = [yaml.safe_load(p.read_text())["optim"]
+            for p in out.glob("compact/random-r0.25-s0-*/*/config.yaml")]
+    assert sorted((c["steps"], c["warmup_steps"]) for c in both) == [(6, 3), (12, 6)]

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
-from .recipe import FULL, DataSpec, Recipe, SourceSpec, VariantSpec
+from .recipe import FULL, CompactSpec, DataSpec, Recipe, SourceSpec, VariantSpec
 from .runs import METRICS_FILE
 
 T = TypeVar("T")
@@ -103,11 +103,14 @@ class CompactRun:
     key: str
     n_train: int
     train_seconds: float
+    steps: int  # optimiser steps taken
+    epochs: int  # epochs started (with a step budget the last may be cut short)
     scores: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """What results.json records of the training."""
-        return {"n_train": self.n_train, "train_seconds": self.train_seconds}
+        return {"n_train": self.n_train, "train_seconds": self.train_seconds, "steps": self.steps,
+                "epochs": self.epochs}
 
 
 @dataclass
@@ -395,20 +398,50 @@ def stage_sample(exp: Experiment) -> None:
 # --- 6. compact models ---------------------------------------------------------------------------
 
 
+def _step_budget(compact: CompactSpec, cfg, n_train: int, n_full: int) -> dict[str, int]:
+    """The ``optim`` settings that give a compact model of ``n_train`` rows the full-data model's optimiser
+    steps (at most ``max_epochs`` epochs of its own rows), with the full-data schedule's warm-up share;
+    empty where the config's own epochs already give that schedule (the full-data model itself)."""
+    from .train import schedule
+
+    batch = cfg.data.batch_size * cfg.optim.accumulate  # one process: the pipeline trains in-process
+    per_epoch, full_per_epoch = n_train // batch, n_full // batch
+    if compact.budget != "steps" or per_epoch == 0 or full_per_epoch == 0:
+        return {}  # too few rows for a batch: training itself says so
+    full = schedule(cfg.optim, full_per_epoch)
+    steps = full.total_steps
+    if compact.max_epochs is not None:
+        steps = min(steps, compact.max_epochs * per_epoch)
+    warmup = round(full.warmup_steps * steps / full.total_steps)
+    own = schedule(cfg.optim, per_epoch)
+    if (own.total_steps, own.warmup_steps) == (steps, warmup):
+        return {}
+    return {"optim.steps": steps, "optim.warmup_steps": warmup}
+
+
+def _rows(manifest: Path) -> int:
+    from .data.manifest import read_manifest
+
+    return len(read_manifest(manifest, resolve_paths=False))
+
+
 def stage_compact(exp: Experiment) -> None:
     compact = exp.recipe.compact
     variants = {v.name: v for v in exp.recipe.sampling.variants()}
     variants[FULL] = VariantSpec(name=FULL, strategy=FULL)
+    n_full = _rows(exp.samples[(FULL, 1.0, exp.recipe.seeds[0])])
     # Two selections can be the same rows (nc with order auto is nc below the switch rate): such a
     # training set is trained, and later scored, once.
     trained: dict[str, CompactRun] = {}
     for seed in exp.recipe.seeds:
-        cfg = _train_config(compact.config, compact.set, seed)
+        base = _train_config(compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
             if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
             name = _run_name(strategy, rate, seed)
+            budget = _step_budget(compact, base, _rows(manifest), n_full)
+            cfg = _train_config(compact.config, {**compact.set, **budget}, seed) if budget else base
             stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
                                                 "train": _file_digest(manifest)})
             if stage.key in trained:
@@ -421,7 +454,8 @@ def stage_compact(exp: Experiment) -> None:
                 metrics = _train(stage, cfg, manifest, None)
                 return CompactRun(name=name, run=stage.run_dir, key=stage.key,
                                   n_train=int(metrics["n_train"]),
-                                  train_seconds=float(stage.info()["train_seconds"]))
+                                  train_seconds=float(stage.info()["train_seconds"]),
+                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]))
 
             trained[stage.key] = exp.compact_runs[(strategy, rate, seed)] = exp.run_stage(
                 "compact", name, train_compact)

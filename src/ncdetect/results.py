@@ -84,12 +84,22 @@ def collect_results(exp: Experiment) -> dict:
             row[f"eer_{t}_mean"], row[f"eer_{t}_std"] = _mean_std([r["eer"][t] for r in runs])
         row["n_train"] = int(np.mean([r["n_train"] for r in runs]))
         row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
+        row["steps"] = int(np.mean([r["steps"] for r in runs]))
+        row["epochs"] = float(np.mean([r["epochs"] for r in runs]))
         results["table"].append(row)
+    results["budget"] = _budget(recipe, results["runs"])
     results["coverage"] = _coverage_at_middle_rate(exp, results)
     results["comparisons"] = _comparisons(exp, results)
     results["choice"] = _choose_on_validation(results)
     results["headline"] = _headline(results, recipe.sampling.headline)
     return results
+
+
+def _budget(recipe, runs: list[dict]) -> dict:
+    """How long each compact model trained: the recipe's budget and the full-data model's steps."""
+    full = [r["steps"] for r in runs if r["strategy"] == FULL]
+    return {"kind": recipe.compact.budget, "max_epochs": recipe.compact.max_epochs,
+            "full_steps": full[0] if full else None}
 
 
 def _seed_scores(exp: Experiment, strategy: str, rate: float, target: str) -> pd.DataFrame:
