@@ -30,6 +30,8 @@ import typer.main
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+# Document the checkout this script lies in, whichever ncdetect the interpreter would import otherwise.
+sys.path.insert(0, str(ROOT / "src"))
 BLOCK = re.compile(
     r"(<!-- (?P<kind>options|schema): (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)", re.S
 )
