@@ -113,7 +113,8 @@ class CompactSpec(_Strict):
     # fewer optimiser steps (the "less compute" comparison). steps: each trains for the optimiser steps of
     # the full-data model under the same config (epochs scaled by about 1 / rate, warm-up and cosine decay
     # stretched with them), so only the data differs.
-    budget: Literal["epochs", "steps"] = "epochs"
+    budget: Literal["epochs", "steps"] = Field(
+        "epochs", description="epochs: the config's epochs on each selection; steps: the full-data steps")
     max_epochs: int | None = Field(None, ge=1, description="with budget steps: at most this many epochs")
 
 
