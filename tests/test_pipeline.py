@@ -96,7 +96,7 @@ def test_run_end_to_end_and_cache(tmp_path):
         assert 0 <= src["target_eer"]["tgt"] <= 100
         assert math.isfinite(src["collapse"]["nc1"])
 
-    # the headline: paired differences with intervals and a verdict per rate (DESIGN 4b)
+    # the headline: paired differences with intervals and a verdict per rate (docs/formats.md)
     head = on_disk["headline"]
     assert [p["rate"] for p in head["per_rate"]] == [0.25, 0.5]
     for p in head["per_rate"]:
@@ -111,6 +111,9 @@ def test_run_end_to_end_and_cache(tmp_path):
 
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
+    assert "Embeddings of src_a (nc selection at rate 0.5 ringed)" in on_disk["figures"]
+    # every compact model's scores are kept with it: a shared model has one object and one set of scores
+    assert results["runs"][0]["eer"].keys() == {"tgt", "src_a/dev"}
     assert "95% paired-bootstrap intervals" in html
     # what each selection kept, at the middle rate: shares per attack and each source space's statistics
     kept = on_disk["coverage"]["selections"]
@@ -226,3 +229,27 @@ def test_sampling_plan_draws_seed_free_selections_once(tmp_path):
     recipe.sampling.fake_mode = "kmeans"  # clustering makes nc depend on the seed
     plan = [(v.name, rate, seed) for v, rate, seed in _sampling_plan(recipe)]
     assert plan == [("nc", 0.5, 0), ("nc", 0.5, 1), ("random", 0.5, 0), ("random", 0.5, 1)]
+
+
+def test_the_embedding_figures_ring_the_headline_selection(tmp_path, monkeypatch):
+    import ncdetect.collapse.plot as plot
+    import ncdetect.report as report
+    from ncdetect.pipeline import Experiment, _figures
+
+    recipe = load_recipe(write_recipe(tmp_path / "data", rates=(0.25, 0.5), seeds=(0,)))
+    exp = Experiment(recipe=recipe, out=tmp_path / "out", log=lambda m: None)
+    exp.embeddings = {s.name: tmp_path / s.name for s in recipe.sources}
+    exp.samples = {("nc", 0.5, 0): tmp_path / "nc.csv", ("random", 0.5, 0): tmp_path / "random.csv"}
+    ringed = []
+    monkeypatch.setattr(plot, "plot_embeddings", lambda emb, out, sampled, method: ringed.append(sampled))
+    monkeypatch.setattr(report, "plot_eer_vs_rate", lambda *a: None)
+    monkeypatch.setattr(report, "plot_det_curves", lambda *a: None)
+    results = {"targets": [], "rates": [0.25, 0.5], "headline": {"strategy": "random"}}
+    figures = _figures(exp, results)
+    assert ringed == [tmp_path / "random.csv"] * 2
+    assert list(figures) == ["Embeddings of src_a (random selection at rate 0.5 ringed)",
+                             "Embeddings of src_b (random selection at rate 0.5 ringed)"]
+    # a headline without a drawn selection at that rate rings nothing, and the caption says nothing
+    ringed.clear()
+    figures = _figures(exp, {**results, "headline": {"strategy": "kcenter"}})
+    assert ringed == [None, None] and list(figures) == ["Embeddings of src_a", "Embeddings of src_b"]
