@@ -388,14 +388,34 @@ def evaluate_cmd(
         1000, "--bootstrap", min=0, help="Bootstrap resamples for the EER 95% interval (0: none)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    cost_miss: float = typer.Option(1.0, "--cost-miss", help="Cost of rejecting a bonafide trial (DCF)."),
+    cost_fa: float = typer.Option(10.0, "--cost-fa", help="Cost of accepting a spoof trial (DCF)."),
+    prior_spoof: float = typer.Option(0.05, "--prior-spoof", help="Prior probability of a spoof (DCF)."),
+    by: list[str] = typer.Option(
+        [], "--by", help="Also give EER, minDCF and counts per value of this column (of the scores or of "
+        "--manifest; repeatable), e.g. attack, speaker, language, channel.",
+    ),
+    manifest: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--manifest", help="Manifest the --by columns come from, joined to the scores by utt_id."
+    ),
+    pair_within: bool = typer.Option(
+        False, "--pair-within", help="With --by: pair each value's spoofs with the bonafide trials of the "
+        "same value instead of all bonafide trials.",
+    ),
 ) -> None:
-    """EER (ASVspoof reference) with threshold, bootstrap 95% interval and per-attack EERs; min t-DCF
-    when ASV scores are given."""
+    """EER (ASVspoof reference) with threshold and bootstrap 95% interval; the ASVspoof 5 metrics minDCF
+    (with its interval), actDCF, Cllr and min Cllr (defaults: C_miss 1, C_fa 10, P(spoof) 0.05);
+    per-attack EERs and minDCFs; per-condition tables with --by; min t-DCF when ASV scores are given.
+
+    actDCF and Cllr judge the scores as log-likelihood ratios: the llr column when the scores come from a
+    calibrated run (`ncdetect calibrate`), else the raw scores."""
     import json
 
-    from .evaluate import evaluate_file, format_file_report
+    from .evaluate import DcfCosts, evaluate_file, format_file_report
 
-    result = evaluate_file(scores, asv_scores, plots, n_bootstrap=bootstrap, seed=seed, progress=True)
+    costs = DcfCosts(cost_miss, cost_fa, prior_spoof)
+    result = evaluate_file(scores, asv_scores, plots, n_bootstrap=bootstrap, seed=seed, progress=True,
+                           costs=costs, by=by, manifest=manifest, pair_within=pair_within)
     typer.echo(json.dumps(result, indent=2) if json_out else format_file_report(scores, result))
 
 

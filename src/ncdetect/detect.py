@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .data.audio import SAMPLE_RATE
 from .errors import NcdetectError
 
 if TYPE_CHECKING:
     from .runs import LoadedRun
 
-SAMPLE_RATE = 16_000
 
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
