@@ -568,7 +568,7 @@ def train_one_epoch(
             for group in opt.param_groups:
                 base = group.get("base_lr", cfg.optim.lr)  # optim.frontend_lr for a fine-tuned encoder
                 group["lr"] = lr if base == cfg.optim.lr else lr_at(
-                    state.step, total_steps, warmup_steps, base, base * cfg.optim.min_lr_ratio)
+                    state.step, sched.total_steps, sched.warmup_steps, base, base * cfg.optim.min_lr_ratio)
             has_grad = False
         last_micro = a == accumulate - 1
         x = batch["features" if "features" in batch else "wave"]
