@@ -96,7 +96,7 @@ def test_run_end_to_end_and_cache(tmp_path):
         assert 0 <= src["target_eer"]["tgt"] <= 100
         assert math.isfinite(src["collapse"]["nc1"])
 
-    # the headline: paired differences with intervals and a verdict per rate (DESIGN 4b)
+    # the headline: paired differences with intervals and a verdict per rate (docs/formats.md)
     head = on_disk["headline"]
     assert [p["rate"] for p in head["per_rate"]] == [0.25, 0.5]
     for p in head["per_rate"]:

@@ -5,8 +5,8 @@ executable (``make test`` installs it when missing, scripts/ensure-debian-packag
 real command, ``ncdetect serve``, started as a subprocess on a free port with the shared tiny trained run.
 
 The test saves a screenshot of the page in its temporary folder; with ``NCDETECT_SCREENSHOT=PATH`` set
-it also writes it there (``NCDETECT_SCREENSHOT=docs/serve.png`` refreshes the README's image), and
-``NCDETECT_SERVE_TEST_MODEL=RUN`` serves another run than the shared tiny one (the README's image shows
+it also writes it there (``NCDETECT_SCREENSHOT=docs/serve.png`` refreshes the image of docs/serve.md), and
+``NCDETECT_SERVE_TEST_MODEL=RUN`` serves another run than the shared tiny one (that image shows
 a toy detector trained for longer, whose timelines say more than the tiny run's flat ones).
 """
 

@@ -18,7 +18,7 @@ exposes no hidden layers. ``layers: N`` gets the N-th layer anyway: CTranslate2 
 ``encoder/layer_*`` weights it finds, so a copy of ``model.bin`` without the layers after N (written once to
 ``~/.cache/ncdetect/whisper``) returns layer N, through the final layer norm. It is also faster. On the demo
 target, early layers carry the vocoder and channel traces that the last one, tuned for transcription,
-has averaged away (README, "Whisper front-end and codec augmentation").
+has averaged away (docs/results.md, "Whisper front-end on the demo target").
 
 Log-mel, as Whisper computes it (``whisper.audio.log_mel_spectrogram``): a 400-point STFT with a periodic
 Hann window, hop 160, ``center=True`` with reflect padding, the last frame dropped; power; the Slaney mel

@@ -1,11 +1,11 @@
 """The FastAPI application: the page at ``/``, the API under ``/v1``, ``/healthz`` and ``/docs``.
 
-Contract (DESIGN.md 4b): ``POST /v1/detect`` takes multipart field ``files`` (one or more) and returns a
-JSON list, one object per file, with ``path`` (the uploaded name), ``score``, ``probability``, ``label``,
-``threshold``, ``duration_s`` and ``windows`` [{start_s, score}], or ``path`` and ``error``; beside them
-``calibrated``, ``llr`` and ``prior_spoof``. ``probability`` is P(bonafide) under ``prior_spoof`` for a
-calibrated run and null for an uncalibrated one (see ``ncdetect.detect``). A request
-whose files are all unreadable gets 422; a body over the upload limit gets 413, decided from
+Contract (docs/serve.md, "The API"): ``POST /v1/detect`` takes multipart field ``files`` (one or more) and
+returns a JSON list, one object per file, with ``path`` (the uploaded name), ``score``, ``probability``,
+``label``, ``threshold``, ``duration_s`` and ``windows`` [{start_s, score}], or ``path`` and ``error``;
+beside them ``calibrated``, ``llr`` and ``prior_spoof``. ``probability`` is P(bonafide) under
+``prior_spoof`` for a calibrated run and null for an uncalibrated one (see ``ncdetect.detect``). A
+request whose files are all unreadable gets 422; a body over the upload limit gets 413, decided from
 Content-Length or, without one, by counting while the body streams in (it is never read whole first).
 """
 
