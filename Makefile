@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ncdetect-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast test-floors fuzz bench bench-full lint clean
+.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast test-floors fuzz bench bench-full lint docs clean
 
 venv: $(STAMP)
 
@@ -69,6 +69,12 @@ bench-full: venv debian-deps
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
+
+# The documentation site (mkdocs.yml, docs/): the generated option and key tables must match the code, and
+# `mkdocs build --strict` fails on a broken link or anchor or a page missing from the navigation.
+docs: venv
+	$(BIN)/python scripts/cli_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .venv-floors build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -10,6 +10,9 @@
 * bootstrap: the EER confidence interval's 300 resamples on ASVspoof 2019 LA eval size (7,355 bonafide and
   63,882 spoof scores), against 300 separate ``compute_eer`` calls on the full set, timed in turns. Target:
   the vectorised bootstrap costs less than the loop it replaces (ratio < 1).
+* evaluate: 1,000,000 trials with every metric (EER, minDCF, actDCF, Cllr, min Cllr) and a 1,000-resample
+  bootstrap (EER and minDCF intervals) against the EER-only evaluation with the same bootstrap, timed in
+  turns. Target: at most 3x.
 
 The weights are untrained (speed does not depend on them). Training throughput is in bench_models.py
 (model step) and bench_data.py (whole epochs from audio and from the feature cache).
@@ -27,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from common import Threads, interleaved, main, row
+from common import Threads, interleaved, load_average, main, row
 from ncdetect.config import load_config
 from ncdetect.fileio import write_yaml
 from ncdetect.runs import build_frontend, build_model, save_weights
@@ -128,6 +131,43 @@ def bootstrap_speed(n_bootstrap: int, repeats: int) -> list[dict]:
                 "< 1", ratio < 1)]
 
 
+EVALUATE_RATIO_TARGET = 3.0
+
+
+def evaluate_speed(n: int, n_bootstrap: int, repeats: int) -> list[dict]:
+    """``evaluate_scores`` with every metric (EER, minDCF, actDCF, Cllr, min Cllr, bootstrap intervals of
+    EER and minDCF) against the EER-only evaluation it grew from (validation, EER, bootstrap EER
+    interval), on the same ``n`` trials (10% bonafide), timed in turns."""
+    import pandas as pd
+
+    from ncdetect.evaluate import bootstrap_eer_ci, compute_eer, evaluate_scores, validate_scores
+
+    rng = np.random.default_rng(0)
+    nb = n // 10
+    label = np.where(np.arange(n) < nb, "bonafide", "spoof")
+    df = pd.DataFrame({"utt_id": np.arange(n).astype(str), "label": label,
+                       "score": np.where(label == "bonafide", rng.normal(2, 1, n), rng.normal(0, 1.5, n))})
+
+    def eer_only() -> None:
+        v = validate_scores(df)
+        bona = v.loc[v["label"] == "bonafide", "score"].to_numpy()
+        spoof = v.loc[v["label"] == "spoof", "score"].to_numpy()
+        compute_eer(bona, spoof)
+        bootstrap_eer_ci(bona, spoof, n_bootstrap, seed=0)
+
+    import sklearn.isotonic  # noqa: F401 - imported once per process, not part of what is timed
+
+    with Threads(1):
+        t = interleaved({"eer": eer_only, "all": lambda: evaluate_scores(df, n_bootstrap=n_bootstrap)},
+                        repeats, warmup=0)
+    t_eer, t_all = min(t["eer"]), min(t["all"])
+    ratio = t_all / t_eer
+    return [row(f"evaluate {n:,} trials, every metric + {n_bootstrap}-resample bootstrap, 1 thread, "
+                f"{load_average()}", "time vs EER-only evaluation, same run",
+                f"{ratio:.2f} ({t_all:.1f} s vs {t_eer:.1f} s)", f"<= {EVALUATE_RATIO_TARGET:g}",
+                ratio <= EVALUATE_RATIO_TARGET)]
+
+
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (see common.row)."""
     with tempfile.TemporaryDirectory(prefix="ncdetect-bench-scoring-") as tmp:
@@ -135,6 +175,7 @@ def run(quick: bool = False) -> list[dict]:
         rows = detect_rtf(root, seconds=20.0 if quick else 60.0, repeats=2 if quick else 5)
         rows += onnx_vs_torch(root, repeats=3 if quick else 30)
     rows += bootstrap_speed(n_bootstrap=300, repeats=1 if quick else 3)
+    rows += evaluate_speed(n=100_000 if quick else 1_000_000, n_bootstrap=100 if quick else 1000, repeats=1)
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (DESIGN section 2) and embedding-folder loading."""
+"""Neural-collapse metrics (docs/method.md) and embedding-folder loading."""
 
 from __future__ import annotations
 

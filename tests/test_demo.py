@@ -148,7 +148,9 @@ def test_report_main_table_shows_the_numbers_of_results_json(first, results, fmt
             shown_mean, _ = _mean_std(cells[1 + i])
             assert abs(shown_mean - mean) <= 0.005 + 1e-9
         assert int(cells[1 + len(targets)]) == row["n_train"]
-        assert cells[2 + len(targets)] == f"{row['train_seconds']:.1f}"
+        assert int(cells[2 + len(targets)]) == row["steps"]
+        assert cells[3 + len(targets)] == f"{row['epochs']:g}"
+        assert cells[4 + len(targets)] == f"{row['train_seconds']:.1f}"
     head = results["headline"]
     if head["per_rate"]:
         counts = head["verdicts"]

@@ -96,7 +96,7 @@ def test_run_end_to_end_and_cache(tmp_path):
         assert 0 <= src["target_eer"]["tgt"] <= 100
         assert math.isfinite(src["collapse"]["nc1"])
 
-    # the headline: paired differences with intervals and a verdict per rate (DESIGN 4b)
+    # the headline: paired differences with intervals and a verdict per rate (docs/formats.md)
     head = on_disk["headline"]
     assert [p["rate"] for p in head["per_rate"]] == [0.25, 0.5]
     for p in head["per_rate"]:
@@ -111,6 +111,9 @@ def test_run_end_to_end_and_cache(tmp_path):
 
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="figures' not in html
+    assert "Embeddings of src_a (nc selection at rate 0.5 ringed)" in on_disk["figures"]
+    # every compact model's scores are kept with it: a shared model has one object and one set of scores
+    assert results["runs"][0]["eer"].keys() == {"tgt", "src_a/dev"}
     assert "95% paired-bootstrap intervals" in html
     # what each selection kept, at the middle rate: shares per attack and each source space's statistics
     kept = on_disk["coverage"]["selections"]
@@ -226,3 +229,69 @@ def test_sampling_plan_draws_seed_free_selections_once(tmp_path):
     recipe.sampling.fake_mode = "kmeans"  # clustering makes nc depend on the seed
     plan = [(v.name, rate, seed) for v, rate, seed in _sampling_plan(recipe)]
     assert plan == [("nc", 0.5, 0), ("nc", 0.5, 1), ("random", 0.5, 0), ("random", 0.5, 1)]
+
+
+def test_the_embedding_figures_ring_the_headline_selection(tmp_path, monkeypatch):
+    import ncdetect.collapse.plot as plot
+    import ncdetect.report as report
+    from ncdetect.pipeline import Experiment, _figures
+
+    recipe = load_recipe(write_recipe(tmp_path / "data", rates=(0.25, 0.5), seeds=(0,)))
+    exp = Experiment(recipe=recipe, out=tmp_path / "out", log=lambda m: None)
+    exp.embeddings = {s.name: tmp_path / s.name for s in recipe.sources}
+    exp.samples = {("nc", 0.5, 0): tmp_path / "nc.csv", ("random", 0.5, 0): tmp_path / "random.csv"}
+    ringed = []
+    monkeypatch.setattr(plot, "plot_embeddings", lambda emb, out, sampled, method: ringed.append(sampled))
+    monkeypatch.setattr(report, "plot_eer_vs_rate", lambda *a: None)
+    monkeypatch.setattr(report, "plot_det_curves", lambda *a: None)
+    results = {"targets": [], "rates": [0.25, 0.5], "headline": {"strategy": "random"}}
+    figures = _figures(exp, results)
+    assert ringed == [tmp_path / "random.csv"] * 2
+    assert list(figures) == ["Embeddings of src_a (random selection at rate 0.5 ringed)",
+                             "Embeddings of src_b (random selection at rate 0.5 ringed)"]
+    # a headline without a drawn selection at that rate rings nothing, and the caption says nothing
+    ringed.clear()
+    figures = _figures(exp, {**results, "headline": {"strategy": "kcenter"}})
+    assert ringed == [None, None] and list(figures) == ["Embeddings of src_a", "Embeddings of src_b"]
+
+
+def test_a_step_budget_gives_every_compact_model_the_full_data_steps(tmp_path):
+    import yaml
+
+    def steps_budget(recipe: dict, **extra) -> None:
+        recipe["compact"].update({"budget": "steps", **extra})
+
+    path = _recipe_with(write_recipe(tmp_path / "data", rates=(0.25, 0.5), seeds=(0,)), steps_budget)
+    out = tmp_path / "out"
+    results = run_recipe(load_recipe(path), out, log=lambda m: None)
+    # the full data: 48 rows in batches of 8 for 2 epochs = 12 steps; nc and random at 0.25 have 12 rows
+    # (1 step an epoch) and at 0.5 24 rows (3 steps an epoch)
+    runs = {(r["strategy"], r["rate"]): r for r in results["runs"]}
+    assert {key: r["steps"] for key, r in runs.items()} == {key: 12 for key in runs}
+    assert {key: r["epochs"] for key, r in runs.items()} == {
+        ("full", 1.0): 2, ("nc", 0.5): 4, ("random", 0.5): 4, ("nc", 0.25): 12, ("random", 0.25): 12}
+    assert results["budget"] == {"kind": "steps", "max_epochs": None, "full_steps": 12}
+    assert all(r["steps"] == 12 for r in results["table"])
+
+    def config_of(name: str) -> dict:
+        return yaml.safe_load(next(out.glob(f"compact/{name}-*/{name}/config.yaml")).read_text())["optim"]
+
+    # the warm-up follows: one full-data epoch is 6 steps, for every rate
+    assert config_of("random-r0.25-s0")["warmup_steps"] == 6
+    assert config_of("full-r1-s0")["steps"] is None  # its own epochs are the budget
+    assert "Training budget **steps**: each compact model takes the full-data model's 12 optimiser steps" \
+        in (out / "report.md").read_text()
+
+    # a cap of 6 epochs: rate 0.25 stops at 6 steps with half the warm-up; rate 0.5 is under the cap, and
+    # its model (the same config) comes from the cache
+    before = {p: p.stat().st_mtime_ns for p in out.glob("compact/*-r0.5-s0-*/*/model.safetensors")}
+    capped = run_recipe(load_recipe(_recipe_with(path, lambda r: steps_budget(r, max_epochs=6))), out,
+                        log=lambda m: None)
+    runs = {(r["strategy"], r["rate"]): r for r in capped["runs"]}
+    assert {key: (r["steps"], r["epochs"]) for key, r in runs.items()} == {
+        ("full", 1.0): (12, 2), ("nc", 0.5): (12, 4), ("random", 0.5): (12, 4), ("nc", 0.25): (6, 6),
+        ("random", 0.25): (6, 6)}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("compact/*-r0.5-s0-*/*/model.safetensors")} == before
+    both = [yaml.safe_load(p.read_text())["optim"]
+            for p in out.glob("compact/random-r0.25-s0-*/*/config.yaml")]
+    assert sorted((c["steps"], c["warmup_steps"]) for c in both) == [(6, 3), (12, 6)]

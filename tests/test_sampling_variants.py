@@ -393,7 +393,7 @@ def test_nc_kcenter_covers_its_pool_better_than_nc():
 
 
 # ---------------------------------------------------------------------------------------------------
-# per-source streams and per-source class means (issue 13 item 7)
+# per-source streams and per-source class means
 
 
 @pytest.mark.parametrize("name", ["random", "kcenter"])

@@ -97,13 +97,137 @@ def compute_eer(bonafide: Any, spoof: Any) -> tuple[float, float]:
     return float(eer * 100.0), float(thresholds[min_index])
 
 
+# --- ASVspoof 5 metrics: minDCF, actDCF, Cllr, min Cllr --------------------------------------------
+
+
+@dataclass(frozen=True)
+class DcfCosts:
+    """The detection cost of ASVspoof 5: a missed bonafide (rejected) costs ``cost_miss``, an accepted
+    spoof ``cost_fa``, and a trial is spoof with prior ``prior_spoof``. The defaults are the challenge's.
+
+    The normalised DCF divides by the cost of the better trivial system (accept all or reject all), so 0
+    is perfect and 1 is no better than not looking at the audio.
+    """
+
+    cost_miss: float = 1.0
+    cost_fa: float = 10.0
+    prior_spoof: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (self.cost_miss > 0 and self.cost_fa > 0 and math.isfinite(self.cost_miss + self.cost_fa)):
+            raise ConfigError(
+                f"--cost-miss and --cost-fa must be positive, got {self.cost_miss} and {self.cost_fa}"
+            )
+        if not 0 < self.prior_spoof < 1:
+            raise ConfigError(f"--prior-spoof must lie strictly between 0 and 1, got {self.prior_spoof}")
+
+    @property
+    def miss_weight(self) -> float:
+        return self.cost_miss * (1 - self.prior_spoof)
+
+    @property
+    def fa_weight(self) -> float:
+        return self.cost_fa * self.prior_spoof
+
+    @property
+    def normaliser(self) -> float:
+        return min(self.miss_weight, self.fa_weight)
+
+    @property
+    def bayes_threshold(self) -> float:
+        """The LLR above which deciding bonafide costs less than deciding spoof (ASVspoof 5: -ln 1.9)."""
+        return math.log(self.fa_weight / self.miss_weight)
+
+    @property
+    def effective_prior_spoof(self) -> float:
+        """The spoof prior that, with unit costs, puts the Bayes threshold where these costs do."""
+        return self.fa_weight / (self.fa_weight + self.miss_weight)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"cost_miss": self.cost_miss, "cost_fa": self.cost_fa, "prior_spoof": self.prior_spoof,
+                "bayes_threshold": self.bayes_threshold}
+
+
+ASVSPOOF5_COSTS = DcfCosts()
+
+
+def min_dcf(bonafide: Any, spoof: Any, costs: DcfCosts = ASVSPOOF5_COSTS) -> tuple[float, float]:
+    """Normalised minimum DCF over the thresholds of the EER's DET curve, and its threshold, as
+    ``compute_mindcf`` of the ASVspoof 5 evaluation package (the first minimum wins).
+
+    The points of the curve that split tied scores are never the minimum (each is worse than one of its
+    neighbours in one rate and equal in the other), so this is the minimum over real thresholds.
+    """
+    frr, far, thresholds = compute_det_curve(bonafide, spoof)
+    return _min_dcf_on_curve(frr, far, thresholds, costs)
+
+
+def _min_dcf_on_curve(frr: np.ndarray, far: np.ndarray, thresholds: np.ndarray,
+                      costs: DcfCosts) -> tuple[float, float]:
+    dcf = costs.miss_weight * frr + costs.fa_weight * far
+    i = int(np.argmin(dcf))
+    return float(dcf[i] / costs.normaliser), float(thresholds[i])
+
+
+def act_dcf(bonafide_llr: Any, spoof_llr: Any, costs: DcfCosts = ASVSPOOF5_COSTS) -> tuple[float, float]:
+    """Normalised DCF of the decisions that the scores make when taken as log-likelihood ratios:
+    bonafide when LLR >= the Bayes threshold (a bonafide below it is a miss, a spoof at or above it a
+    false acceptance), as ``compute_actDCF`` of the ASVspoof 5 package. Returns (actDCF, threshold)."""
+    b = _as_scores(bonafide_llr, "bonafide")
+    s = _as_scores(spoof_llr, "spoof")
+    t = costs.bayes_threshold
+    p_miss = np.count_nonzero(b < t) / b.size
+    p_fa = np.count_nonzero(s >= t) / s.size
+    return float((costs.miss_weight * p_miss + costs.fa_weight * p_fa) / costs.normaliser), t
+
+
+def cllr(bonafide_llr: Any, spoof_llr: Any) -> float:
+    """The log-likelihood-ratio cost in bits: the mean cross-entropy of the posteriors the LLRs give at
+    prior 0.5, averaged over the two classes. 0 is perfect; 1 is what an LLR of 0 everywhere costs."""
+    b = _as_scores(bonafide_llr, "bonafide")
+    s = _as_scores(spoof_llr, "spoof")
+    return float((np.mean(np.logaddexp(0.0, -b)) + np.mean(np.logaddexp(0.0, s))) / (2 * math.log(2)))
+
+
+def _tie_blocks(bonafide: np.ndarray, spoof: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bonafide and spoof counts per distinct score, in increasing score order."""
+    values, inverse = np.unique(np.concatenate((bonafide, spoof)), return_inverse=True)
+    n_b = np.bincount(inverse[: bonafide.size], minlength=values.size).astype(np.float64)
+    n_s = np.bincount(inverse[bonafide.size :], minlength=values.size).astype(np.float64)
+    return n_b, n_s
+
+
+def min_cllr(bonafide: Any, spoof: Any) -> float:
+    """Cllr (bits) after the best monotone recalibration of the scores: the discrimination loss alone.
+
+    The pool-adjacent-violators fit of the bonafide posterior along the scores (the ROC convex hull) gives
+    each trial its optimal LLR, posterior log-odds minus the log-odds of the class proportions. Tied
+    scores form one block that gets one value, as any real score -> LLR map must give them.
+    """
+    from scipy.special import xlogy
+    from sklearn.isotonic import isotonic_regression
+
+    b = _as_scores(bonafide, "bonafide")
+    s = _as_scores(spoof, "spoof")
+    n_b, n_s = _tie_blocks(b, s)
+    n = n_b + n_s
+    post = isotonic_regression(n_b / n, sample_weight=n, increasing=True)
+    # The posterior at a flat prior: the fitted one re-weighted from the data's class proportions to 0.5.
+    odds_b, odds_s = post / b.size, (1 - post) / s.size
+    cost_b = -np.sum(xlogy(n_b, odds_b / (odds_b + odds_s))) / b.size
+    cost_s = -np.sum(xlogy(n_s, odds_s / (odds_b + odds_s))) / s.size
+    return float((cost_b + cost_s) / (2 * math.log(2))) + 0.0  # + 0.0: no "-0.0" for a perfect system
+
+
 # --- bootstrap -----------------------------------------------------------------------------------
 
 
 def _eers_from_resamples(
-    bonafide: np.ndarray, spoof: np.ndarray, idx_b: np.ndarray, idx_s: np.ndarray
-) -> np.ndarray:
-    """EERs (percent) of R resamples ``bonafide[idx_b[r]]`` vs ``spoof[idx_s[r]]`` with one sort.
+    bonafide: np.ndarray, spoof: np.ndarray, idx_b: np.ndarray, idx_s: np.ndarray,
+    costs: DcfCosts | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """EERs (percent) of R resamples ``bonafide[idx_b[r]]`` vs ``spoof[idx_s[r]]`` with one sort; with
+    ``costs`` also their normalised minimum DCFs, as ``(eers, min_dcfs)``.
 
     Equals ``compute_eer`` on each resample. A resample's stable sort is the original stable sort with
     each score repeated by its draw count (bonafide still before spoof among ties), so drawn items are
@@ -113,6 +237,10 @@ def _eers_from_resamples(
     found exactly in integers:  B/mb >= (ms - S)/ms  <=>  g = B*ms + S*mb >= mb*ms,  first over the
     sorted positions (a cumulative sum of g's increments, then a binary search), then inside the run of
     copies of that position. The two candidate rates are formed with the reference's float divisions.
+
+    The DCF of a point is  w_miss B/mb + w_fa (ms - S)/ms = w_fa + (cumulative sum of +w_miss/mb per
+    bonafide copy and -w_fa/ms per spoof copy); inside a run of copies it moves one way, so its minimum
+    over all points is at a boundary of the sorted positions, or point 0.
     """
     nb = bonafide.size
     reps, mb = idx_b.shape
@@ -130,6 +258,11 @@ def _eers_from_resamples(
     np.add(pos_s, offsets, out=drawn[:, mb:])
     g = np.bincount(drawn.ravel(), minlength=reps * n).reshape(reps, n)
     del drawn
+    dcfs = None
+    if costs is not None:
+        step_cost = np.where(sorted_is_bona, costs.miss_weight / mb, -costs.fa_weight / ms)
+        lowest = np.minimum(np.cumsum(g * step_cost, axis=1).min(axis=1), 0.0)
+        dcfs = (costs.fa_weight + lowest) / costs.normaliser
     g *= np.where(sorted_is_bona, ms, mb)  # a bonafide copy adds ms to g, a spoof copy mb
     np.cumsum(g, axis=1, out=g)
     target = mb * ms
@@ -150,7 +283,8 @@ def _eers_from_resamples(
     take_earlier = np.abs(frr_k1 - far_k1) <= np.abs(frr_k - far_k)  # argmin keeps the first minimum
     frr = np.where(take_earlier, frr_k1, frr_k)
     far = np.where(take_earlier, far_k1, far_k)
-    return (frr + far) / 2 * 100.0
+    eers = (frr + far) / 2 * 100.0
+    return eers if dcfs is None else (eers, dcfs)
 
 
 def bootstrap_eers(
@@ -161,13 +295,28 @@ def bootstrap_eers(
     Each class draws from its own child generator of ``SeedSequence(seed)``, so results do not depend
     on how the work is chunked.
     """
+    return _bootstrap(bonafide, spoof, n_bootstrap, seed, None, progress)["eer"]
+
+
+def bootstrap_metrics(
+    bonafide: Any, spoof: Any, n_bootstrap: int = 1000, seed: int = 0,
+    costs: DcfCosts = ASVSPOOF5_COSTS, progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """``{"eer": ..., "min_dcf": ...}`` of ``n_bootstrap`` resamples, the EERs those of
+    :func:`bootstrap_eers` with the same seed (the same draws)."""
+    return _bootstrap(bonafide, spoof, n_bootstrap, seed, costs, progress)
+
+
+def _bootstrap(bonafide: Any, spoof: Any, n_bootstrap: int, seed: int, costs: DcfCosts | None,
+               progress: bool) -> dict[str, np.ndarray]:
     if n_bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
     b = _as_scores(bonafide, "bonafide")
     s = _as_scores(spoof, "spoof")
     rng_b, rng_s = (np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2))
     chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // (b.size + s.size))
-    out = np.empty(n_bootstrap, dtype=np.float64)
+    out = {name: np.empty(n_bootstrap, dtype=np.float64)
+           for name in (("eer",) if costs is None else ("eer", "min_dcf"))}
     from .progress import progress_bar
 
     with progress_bar(total=n_bootstrap, desc="bootstrap", unit="resample", enabled=progress) as bar:
@@ -176,7 +325,9 @@ def bootstrap_eers(
             # int32 draws are twice as fast as int64 ones; score sets stay far below 2**31.
             idx_b = rng_b.integers(0, b.size, size=(reps, b.size), dtype=np.int32)
             idx_s = rng_s.integers(0, s.size, size=(reps, s.size), dtype=np.int32)
-            out[start : start + reps] = _eers_from_resamples(b, s, idx_b, idx_s)
+            got = _eers_from_resamples(b, s, idx_b, idx_s, costs)
+            for name, values in zip(out, got if costs is not None else (got,), strict=True):
+                out[name][start : start + reps] = values
             bar.update(reps)
     return out
 
@@ -494,15 +645,36 @@ def read_scores(path: str | Path) -> pd.DataFrame:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def _per_attack(df: pd.DataFrame, bona: np.ndarray) -> dict[str, dict[str, Any]]:
+def _per_attack(df: pd.DataFrame, bona: np.ndarray, costs: DcfCosts) -> dict[str, dict[str, Any]]:
     if "attack" not in df.columns:
         return {}
     spoof = df[df["label"] == "spoof"]
     result: dict[str, dict[str, Any]] = {}
     for attack, group in sorted(spoof.groupby("attack", sort=False), key=lambda kv: str(kv[0])):
-        eer, thr = compute_eer(bona, group["score"].to_numpy())
-        result[str(attack)] = {"eer": eer, "threshold": thr, "n": len(group)}
+        s = group["score"].to_numpy()
+        eer, thr = compute_eer(bona, s)
+        result[str(attack)] = {"eer": eer, "threshold": thr, "min_dcf": min_dcf(bona, s, costs)[0],
+                               "n": len(group)}
     return result
+
+
+def _llrs(df: pd.DataFrame, source: str | Path) -> tuple[str, np.ndarray]:
+    """The scores that actDCF and Cllr take as LLRs: the ``llr`` column of a calibrated run's scores when
+    there is one, else the raw scores (which are then judged as if they were LLRs)."""
+    if "llr" not in df.columns:
+        return "score", df["score"].to_numpy()
+    raw = df["llr"]
+    llr = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(llr)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ProtocolError(source, i + 2, f"llr {raw.iloc[i]!r} is not a finite number")
+    return "llr", llr
+
+
+def _interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    alpha = (1 - level) / 2 * 100
+    return [float(v) for v in np.percentile(values, [alpha, 100 - alpha])]
 
 
 def evaluate_scores(
@@ -512,28 +684,44 @@ def evaluate_scores(
     asv: AsvScores | str | Path | None = None,
     source: str | Path = "<scores>",
     progress: bool = False,
+    costs: DcfCosts = ASVSPOOF5_COSTS,
 ) -> dict[str, Any]:
-    """EER with threshold and bootstrap 95% interval, per-attack EERs, counts, and min t-DCF given ASV scores.
+    """EER with threshold and bootstrap 95% interval, the ASVspoof 5 metrics (minDCF with its interval,
+    actDCF, Cllr, min Cllr) under ``costs``, per-attack EERs and minDCFs, counts, and min t-DCF given ASV
+    scores.
 
-    The result holds only JSON types. ``eer_ci95`` is None when ``n_bootstrap`` is 0.
+    The result holds only JSON types. The ``*_ci95`` intervals are None when ``n_bootstrap`` is 0.
     """
     if n_bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
     df = validate_scores(df, source)
-    bona = df.loc[df["label"] == "bonafide", "score"].to_numpy()
-    spoof = df.loc[df["label"] == "spoof", "score"].to_numpy()
+    is_bona = (df["label"] == "bonafide").to_numpy()
+    scores = df["score"].to_numpy()
+    bona, spoof = scores[is_bona], scores[~is_bona]
     eer, threshold = compute_eer(bona, spoof)
-    ci = list(bootstrap_eer_ci(bona, spoof, n_bootstrap, seed, progress=progress)) if n_bootstrap else None
+    dcf, dcf_threshold = min_dcf(bona, spoof, costs)
+    llr_from, llr = _llrs(df, source)
+    actual, bayes = act_dcf(llr[is_bona], llr[~is_bona], costs)
+    boot = bootstrap_metrics(bona, spoof, n_bootstrap, seed, costs, progress) if n_bootstrap else None
     result: dict[str, Any] = {
         "eer": eer,
         "threshold": threshold,
-        "eer_ci95": ci,
+        "eer_ci95": _interval(boot["eer"]) if boot else None,
+        "min_dcf": dcf,
+        "min_dcf_threshold": dcf_threshold,
+        "min_dcf_ci95": _interval(boot["min_dcf"]) if boot else None,
+        "act_dcf": actual,
+        "act_dcf_threshold": bayes,
+        "cllr": cllr(llr[is_bona], llr[~is_bona]),
+        "min_cllr": min_cllr(bona, spoof),
+        "llr_from": llr_from,
+        "costs": costs.as_dict(),
         "n_bootstrap": int(n_bootstrap),
         "seed": int(seed),
         "n_bonafide": int(bona.size),
         "n_spoof": int(spoof.size),
         "counts": {"bonafide": int(bona.size), "spoof": int(spoof.size)},
-        "per_attack": _per_attack(df, bona),
+        "per_attack": _per_attack(df, bona, costs),
     }
     if asv is not None:
         asv_scores = asv if isinstance(asv, AsvScores) else read_asv_scores(asv)
@@ -543,6 +731,81 @@ def evaluate_scores(
     return result
 
 
+# --- metrics per condition -----------------------------------------------------------------------
+
+
+def attach_columns(df: pd.DataFrame, columns: list[str], manifest: str | Path | None,
+                   source: str | Path = "<scores>") -> pd.DataFrame:
+    """The scores with the ``columns`` they lack taken from ``manifest`` by utt_id.
+
+    A column in neither, a score whose utt_id the manifest lacks, an utt_id the manifest holds twice and
+    an empty value are one-line errors naming the column (and the file and line).
+    """
+    wanted = [c for c in dict.fromkeys(columns) if c not in df.columns]
+    if not wanted:
+        return df
+    if manifest is None:
+        raise ConfigError(f"--by {wanted[0]}: {source} has no column {wanted[0]!r} (it has "
+                          f"{', '.join(df.columns)}); pass --manifest with that column")
+    from .data.manifest import read_manifest
+
+    man = read_manifest(manifest, resolve_paths=False)
+    for col in wanted:
+        if col not in man.columns:
+            raise ConfigError(f"--by {col}: neither {source} nor {manifest} has a column {col!r} "
+                              f"(the manifest has {', '.join(man.columns)})")
+    man = man.assign(utt_id=man["utt_id"].astype(str))
+    dup = man["utt_id"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise ProtocolError(manifest, i + 2, f"utt_id {man['utt_id'].iloc[i]!r} appears twice; --by "
+                            "joins the scores to the manifest by utt_id")
+    table = man.set_index("utt_id")[wanted]
+    missing = ~df["utt_id"].isin(table.index)
+    if missing.any():
+        i = int(np.flatnonzero(missing.to_numpy())[0])
+        raise ProtocolError(source, i + 2, f"utt_id {df['utt_id'].iloc[i]!r} is not in {manifest}")
+    joined = table.loc[df["utt_id"].to_numpy()].reset_index(drop=True)
+    out = df.reset_index(drop=True).copy()
+    for col in wanted:
+        out[col] = joined[col].astype(str).to_numpy()
+    return out
+
+
+def metrics_by(df: pd.DataFrame, column: str, pair_within: bool = False,
+               costs: DcfCosts = ASVSPOOF5_COSTS) -> dict[str, Any]:
+    """EER, minDCF and counts per value of ``column`` of validated scores.
+
+    Each value's spoofs are scored against every bonafide trial, or with ``pair_within`` against the
+    bonafide trials of the same value. The values are those of the spoof rows (of all rows with
+    ``pair_within``); a value without the trials its subset needs is an error naming it.
+    """
+    if column not in df.columns:
+        raise ConfigError(f"--by {column}: no column {column!r} (there are {', '.join(df.columns)})")
+    values = df[column].astype(str).str.strip()
+    empty = values == ""
+    if empty.any():
+        raise ConfigError(f"--by {column}: utt_id {df['utt_id'].iloc[int(np.flatnonzero(empty)[0])]!r} has "
+                          "an empty value")
+    is_bona = (df["label"] == "bonafide").to_numpy()
+    scores = df["score"].to_numpy()
+    pool = values if pair_within else values[~is_bona]
+    rows: dict[str, dict[str, Any]] = {}
+    for value in sorted(pool.unique()):
+        here = (values == value).to_numpy()
+        spoof = scores[here & ~is_bona]
+        bona = scores[here & is_bona] if pair_within else scores[is_bona]
+        for name, arr in (("spoof", spoof), ("bonafide", bona)):
+            if arr.size == 0:
+                raise ConfigError(f"--by {column}: value {value!r} has no {name} trials"
+                                  + (" (--pair-within pairs each value with its own bonafide)"
+                                     if pair_within and name == "bonafide" else ""))
+        eer, _ = compute_eer(bona, spoof)
+        rows[value] = {"eer": eer, "min_dcf": min_dcf(bona, spoof, costs)[0],
+                       "n_bonafide": int(bona.size), "n_spoof": int(spoof.size)}
+    return {"column": column, "pair_within": bool(pair_within), "values": rows}
+
+
 def evaluate_file(
     scores: str | Path,
     asv_scores: str | Path | None = None,
@@ -550,19 +813,33 @@ def evaluate_file(
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    costs: DcfCosts = ASVSPOOF5_COSTS,
+    by: list[str] | None = None,
+    manifest: str | Path | None = None,
+    pair_within: bool = False,
 ) -> dict[str, Any]:
     """``ncdetect evaluate``: :func:`evaluate_scores` of a scores CSV (with the min t-DCF when
-    ``asv_scores`` is given) and, with ``plots``, ``det.png`` and ``hist.png`` there (``result["plots"]``).
+    ``asv_scores`` is given), with ``by`` the metrics per value of each column (``result["by"]``, columns
+    the scores lack taken from ``manifest``), and with ``plots`` ``det.png`` and ``hist.png`` there
+    (``result["plots"]``).
     """
     from .fileio import ensure_writable_dir
 
     if plots is not None:
         ensure_writable_dir(plots)  # before the bootstrap, not after it
     df = read_scores(scores)
+    if pair_within and not by:
+        raise ConfigError("--pair-within needs --by COLUMN")
+    # Columns and subsets are checked before the bootstrap, so a typo fails at once.
+    if by:
+        df = attach_columns(df, by, manifest, scores)
+        by_results = [metrics_by(df, column, pair_within, costs) for column in by]
     asv = read_asv_scores(asv_scores) if asv_scores is not None else None
     result = evaluate_scores(
-        df, n_bootstrap=n_bootstrap, seed=seed, asv=asv, source=scores, progress=progress
+        df, n_bootstrap=n_bootstrap, seed=seed, asv=asv, source=scores, progress=progress, costs=costs
     )
+    if by:
+        result["by"] = by_results
     if plots is not None:
         result["plots"] = {name: str(path) for name, path in write_plots(df, plots).items()}
     return result
@@ -582,6 +859,17 @@ def format_report(result: dict[str, Any]) -> str:
     ci_text = f"   95% CI [{ci[0]:.3f}, {ci[1]:.3f}] ({result['n_bootstrap']} bootstraps)" if ci else ""
     lines.append(f"EER: {result['eer']:.3f} %{ci_text}")
     lines.append(f"EER threshold: {result['threshold']:.6g}")
+    if "min_dcf" in result:
+        c = result["costs"]
+        dci = result.get("min_dcf_ci95")
+        dci_text = f"   95% CI [{dci[0]:.4f}, {dci[1]:.4f}]" if dci else ""
+        lines.append(f"minDCF: {result['min_dcf']:.4f}{dci_text}   (C_miss {c['cost_miss']:g}, C_fa "
+                     f"{c['cost_fa']:g}, P(spoof) {c['prior_spoof']:g}; threshold "
+                     f"{result['min_dcf_threshold']:.6g})")
+        what = "the llr column" if result["llr_from"] == "llr" else "the scores taken as LLRs"
+        lines.append(f"actDCF: {result['act_dcf']:.4f}   (Bayes threshold {c['bayes_threshold']:.4f} on "
+                     f"{what})")
+        lines.append(f"Cllr: {result['cllr']:.4f} bits   min Cllr: {result['min_cllr']:.4f} bits")
     if "min_tdcf" in result:
         t = result["tdcf"]
         lines.append(
@@ -592,10 +880,26 @@ def format_report(result: dict[str, Any]) -> str:
     if per_attack:
         width = max(6, *(len(a) for a in per_attack))
         lines.append("")
-        lines.append(f"{'attack':<{width}}  {'n':>8}  {'EER %':>8}")
+        lines.append(f"{'attack':<{width}}  {'n':>8}  {'EER %':>8}  {'minDCF':>8}")
         for attack, row in per_attack.items():
-            lines.append(f"{attack:<{width}}  {row['n']:>8d}  {row['eer']:>8.3f}")
+            dcf = f"{row['min_dcf']:>8.4f}" if "min_dcf" in row else f"{'-':>8}"
+            lines.append(f"{attack:<{width}}  {row['n']:>8d}  {row['eer']:>8.3f}  {dcf}")
+    for table in result.get("by") or []:
+        lines += ["", *format_by(table)]
     return "\n".join(lines)
+
+
+def format_by(table: dict[str, Any]) -> list[str]:
+    """The lines of one :func:`metrics_by` table."""
+    col, values = table["column"], table["values"]
+    width = max(len(col), *(len(v) for v in values))
+    pairing = "bonafide of the same value" if table["pair_within"] else "all bonafide"
+    lines = [f"by {col} (spoofs against {pairing})",
+             f"{col:<{width}}  {'bonafide':>8}  {'spoof':>8}  {'EER %':>8}  {'minDCF':>8}"]
+    for value, row in values.items():
+        lines.append(f"{value:<{width}}  {row['n_bonafide']:>8d}  {row['n_spoof']:>8d}  {row['eer']:>8.3f}  "
+                     f"{row['min_dcf']:>8.4f}")
+    return lines
 
 
 # --- figures -------------------------------------------------------------------------------------

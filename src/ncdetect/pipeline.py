@@ -8,7 +8,7 @@ Stages, in order:
   5. sample    - every strategy at every rate (and seed, for the seeded strategies)
   6. compact   - the compact model on every sampled set, and on 100% of the union (full-data baseline)
   7. evaluate  - score every model on the targets and the sources' dev sets
-  8. report    - report.md, report.html and results.json
+  8. report    - report.md, report.html and results.json (the statistics: :mod:`ncdetect.results`)
 
 Every stage writes into a folder named by a hash of its inputs and config, and marks it complete with a
 ``DONE`` file written last. A rerun skips complete stages; an interrupted training resumes from its last
@@ -25,15 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 
-from . import __version__
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
-from .recipe import FULL, DataSpec, Recipe, SourceSpec, VariantSpec
+from .recipe import FULL, CompactSpec, DataSpec, Recipe, SourceSpec, VariantSpec
 from .runs import METRICS_FILE
-from .sysinfo import machine_info
 
 T = TypeVar("T")
 
@@ -97,6 +94,26 @@ def _run_name(strategy: str, rate: float, seed: int) -> str:
 
 
 @dataclass
+class CompactRun:
+    """A trained compact model as the later stages use it: ``key`` is its training stage's key (its scores
+    are cached under it) and ``scores`` maps each evaluation set to its evaluation (filled by evaluate)."""
+
+    name: str
+    run: Path
+    key: str
+    n_train: int
+    train_seconds: float
+    steps: int  # optimiser steps taken
+    epochs: int  # epochs started (with a step budget the last may be cut short)
+    scores: dict[str, dict] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What results.json records of the training."""
+        return {"n_train": self.n_train, "train_seconds": self.train_seconds, "steps": self.steps,
+                "epochs": self.epochs}
+
+
+@dataclass
 class Experiment:
     """The state of one ``ncdetect run``: the recipe, its output folder and what each stage produced."""
 
@@ -112,8 +129,9 @@ class Experiment:
     cross_embeddings: list[Path] = field(default_factory=list)  # model j on source i's data, i != j
     collapse: dict[str, dict] = field(default_factory=dict)
     samples: dict[tuple[str, float, int], Path] = field(default_factory=dict)
-    compact_runs: dict[tuple[str, float, int], tuple[Path, dict]] = field(default_factory=dict)
-    scores: dict[tuple[str, str], dict] = field(default_factory=dict)
+    # (selection, rate, seed) -> its model; two selections with the same rows share one CompactRun
+    compact_runs: dict[tuple[str, float, int], CompactRun] = field(default_factory=dict)
+    scores: dict[tuple[str, str], dict] = field(default_factory=dict)  # (source model, evaluation set)
 
     def stage(self, kind: str, name: str, payload: Any) -> Stage:
         key = _key(payload)
@@ -380,31 +398,64 @@ def stage_sample(exp: Experiment) -> None:
 # --- 6. compact models ---------------------------------------------------------------------------
 
 
+def _step_budget(compact: CompactSpec, cfg, n_train: int, n_full: int) -> dict[str, int]:
+    """The ``optim`` settings that give a compact model of ``n_train`` rows the full-data model's optimiser
+    steps (at most ``max_epochs`` epochs of its own rows), with the full-data schedule's warm-up share;
+    empty where the config's own epochs already give that schedule (the full-data model itself)."""
+    from .train import schedule
+
+    batch = cfg.data.batch_size * cfg.optim.accumulate  # one process: the pipeline trains in-process
+    per_epoch, full_per_epoch = n_train // batch, n_full // batch
+    if compact.budget != "steps" or per_epoch == 0 or full_per_epoch == 0:
+        return {}  # too few rows for a batch: training itself says so
+    full = schedule(cfg.optim, full_per_epoch)
+    steps = full.total_steps
+    if compact.max_epochs is not None:
+        steps = min(steps, compact.max_epochs * per_epoch)
+    warmup = round(full.warmup_steps * steps / full.total_steps)
+    own = schedule(cfg.optim, per_epoch)
+    if (own.total_steps, own.warmup_steps) == (steps, warmup):
+        return {}
+    return {"optim.steps": steps, "optim.warmup_steps": warmup}
+
+
+def _rows(manifest: Path) -> int:
+    from .data.manifest import read_manifest
+
+    return len(read_manifest(manifest, resolve_paths=False))
+
+
 def stage_compact(exp: Experiment) -> None:
     compact = exp.recipe.compact
     variants = {v.name: v for v in exp.recipe.sampling.variants()}
     variants[FULL] = VariantSpec(name=FULL, strategy=FULL)
+    n_full = _rows(exp.samples[(FULL, 1.0, exp.recipe.seeds[0])])
     # Two selections can be the same rows (nc with order auto is nc below the switch rate): such a
     # training set is trained, and later scored, once.
-    trained: dict[str, tuple] = {}
+    trained: dict[str, CompactRun] = {}
     for seed in exp.recipe.seeds:
-        cfg = _train_config(compact.config, compact.set, seed)
+        base = _train_config(compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
             if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
             name = _run_name(strategy, rate, seed)
+            budget = _step_budget(compact, base, _rows(manifest), n_full)
+            cfg = _train_config(compact.config, {**compact.set, **budget}, seed) if budget else base
             stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
                                                 "train": _file_digest(manifest)})
             if stage.key in trained:
-                exp.log(f"[compact] {name}: the same training set as {trained[stage.key][0].name}; reused")
+                exp.log(f"[compact] {name}: the same training set as {trained[stage.key].name}; reused")
                 exp.compact_runs[(strategy, rate, seed)] = trained[stage.key]
                 continue
 
-            def train_compact(manifest: Path = manifest, stage: Stage = stage, cfg=cfg) -> tuple:
+            def train_compact(manifest: Path = manifest, stage: Stage = stage, cfg=cfg,
+                              name: str = name) -> CompactRun:
                 metrics = _train(stage, cfg, manifest, None)
-                return stage.run_dir, {"n_train": int(metrics["n_train"]),
-                                       "train_seconds": float(stage.info()["train_seconds"])}
+                return CompactRun(name=name, run=stage.run_dir, key=stage.key,
+                                  n_train=int(metrics["n_train"]),
+                                  train_seconds=float(stage.info()["train_seconds"]),
+                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]))
 
             trained[stage.key] = exp.compact_runs[(strategy, rate, seed)] = exp.run_stage(
                 "compact", name, train_compact)
@@ -440,191 +491,20 @@ def stage_evaluate(exp: Experiment) -> None:
             exp.scores[(src.name, ev)] = exp.run_stage(
                 "evaluate", f"{src.name} on {ev}",
                 lambda n=src.name, e=ev: _score(exp, n, exp.source_runs[n], exp.source_keys[n], e))
-    scored: dict[tuple[Path, str], dict] = {}  # a model shared by two selections is scored once
-    for (strategy, rate, seed), (run, _) in exp.compact_runs.items():
-        name = _run_name(strategy, rate, seed)
-        key = run.parent.name.rsplit("-", 1)[-1]
+    for compact in exp.compact_runs.values():
         for ev in [*targets, *devs]:
-            if (run, ev) not in scored:
-                scored[(run, ev)] = exp.run_stage("evaluate", f"{name} on {ev}",
-                                                  lambda n=name, r=run, k=key, e=ev: _score(exp, n, r, k, e))
-            exp.scores[(name, ev)] = scored[(run, ev)]
+            if ev not in compact.scores:  # a model shared by two selections is scored once
+                compact.scores[ev] = exp.run_stage(
+                    "evaluate", f"{compact.name} on {ev}",
+                    lambda c=compact, e=ev: _score(exp, c.name, c.run, c.key, e))
 
 
 # --- 8. results and report -----------------------------------------------------------------------
 
 
-def _dataset_summary(path: Path) -> dict:
-    from .data.manifest import read_manifest
-
-    df = read_manifest(path, resolve_paths=False)
-    return {
-        "rows": len(df),
-        "bonafide": int((df["label"] == "bonafide").sum()),
-        "spoof": int((df["label"] == "spoof").sum()),
-        "attacks": sorted(a for a in df["attack"].unique() if a != "-"),
-    }
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def collect_results(exp: Experiment) -> dict:
-    """Everything the report shows, as one JSON-serialisable dict."""
-    recipe = exp.recipe
-    targets = [t.name for t in recipe.targets]
-    results: dict[str, Any] = {
-        "recipe": recipe.name,
-        "ncdetect_version": __version__,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": machine_info(),
-        "seeds": recipe.seeds,
-        "rates": recipe.sampling.rates,
-        "strategies": [v.name for v in recipe.sampling.variants()],
-        "variants": {v.name: {"strategy": v.strategy, **v.options} for v in recipe.sampling.variants()},
-        "validation_targets": recipe.report.validation,
-        "overlap": {"allowed": exp.allow_overlap, "found": exp.overlaps},
-        "targets": targets,
-        "datasets": {name: _dataset_summary(path) for name, path in exp.manifests.items()},
-        "sources": {},
-        "runs": [],
-        "table": [],
-    }
-    for src in recipe.sources:
-        results["sources"][src.name] = {
-            "model": json.loads((exp.source_runs[src.name] / METRICS_FILE).read_text()).get("model"),
-            "dev_eer": exp.scores.get((src.name, f"{src.name}/dev"), {}).get("eer"),
-            "target_eer": {t: exp.scores[(src.name, t)]["eer"] for t in targets},
-            "collapse": exp.collapse[src.name],
-        }
-    for (strategy, rate, seed), (_run, info) in sorted(exp.compact_runs.items(), key=lambda kv: kv[0]):
-        name = _run_name(strategy, rate, seed)
-        results["runs"].append({
-            "strategy": strategy, "rate": rate, "seed": seed, **info,
-            "eer": {ev: exp.scores[(name, ev)]["eer"] for (n, ev) in exp.scores if n == name},
-        })
-    rows: dict[tuple[str, float], list[dict]] = {}
-    for run in results["runs"]:
-        rows.setdefault((run["strategy"], run["rate"]), []).append(run)
-    order = {FULL: -1, **{s: i for i, s in enumerate(results["strategies"])}}
-    for (strategy, rate), runs in sorted(rows.items(), key=lambda kv: (-kv[0][1], order[kv[0][0]])):
-        row: dict[str, Any] = {"strategy": strategy, "rate": rate, "n_seeds": len(runs)}
-        for t in targets:
-            row[f"eer_{t}_mean"], row[f"eer_{t}_std"] = _mean_std([r["eer"][t] for r in runs])
-        row["n_train"] = int(np.mean([r["n_train"] for r in runs]))
-        row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
-        results["table"].append(row)
-    results["coverage"] = _coverage_at_middle_rate(exp, results)
-    results["comparisons"] = _comparisons(exp, results)
-    results["choice"] = _choose_on_validation(results)
-    results["headline"] = _headline(results, recipe.sampling.headline)
-    return results
-
-
-def _seed_scores(exp: Experiment, strategy: str, rate: float, target: str) -> pd.DataFrame:
-    """Scores of one selection on one target, one column per seed, rows indexed by utt_id."""
-    frames = {seed: pd.read_csv(exp.scores[(_run_name(strategy, rate, seed), target)]["scores_csv"],
-                                dtype={"utt_id": str}).set_index("utt_id") for seed in exp.recipe.seeds}
-    labels = next(iter(frames.values()))["label"]  # the same target manifest for every seed
-    return pd.DataFrame({**{seed: df["score"] for seed, df in frames.items()}, "label": labels})
-
-
-def _comparisons(exp: Experiment, results: dict) -> dict:
-    """Every selection against random at the same rate and against full data, on every target: the mean
-    over seeds of the EER difference with a 95% paired-bootstrap interval and a verdict; and each
-    selection's mean EER over log rate (the area under its EER-versus-rate curve per unit of log rate)."""
-    from .evaluate import PairedBootstrap, mean_over_log_rate
-
-    recipe = exp.recipe
-    out: dict[str, Any] = {}
-    systems = [(r["strategy"], r["rate"]) for r in results["table"] if r["n_seeds"] == len(recipe.seeds)]
-    for target in results["targets"]:
-        frames = {key: _seed_scores(exp, *key, target) for key in systems}
-        any_frame = next(iter(frames.values()))
-        order = any_frame.index
-        boot = PairedBootstrap((any_frame["label"] == "bonafide").to_numpy(), len(recipe.seeds),
-                               recipe.report.bootstrap, seed=recipe.seeds[0])
-        resampled = {key: boot.resample(frame.loc[order, list(recipe.seeds)].to_numpy().T)
-                     for key, frame in frames.items()}
-        rows = []
-        for (strategy, rate), res in resampled.items():
-            if strategy == FULL:
-                continue
-            row: dict[str, Any] = {"strategy": strategy, "rate": rate}
-            for other, key in [("random", ("random", rate)), (FULL, (FULL, 1.0))]:
-                if key in resampled and key != (strategy, rate):
-                    diff = boot.difference(res, resampled[key])
-                    row.update(diff.as_dict(f"minus_{other}"))
-                    row[f"verdict_vs_{other}"] = diff.verdict
-            rows.append(row)
-        table = {(r["strategy"], r["rate"]): r[f"eer_{target}_mean"] for r in results["table"]}
-        area = {}
-        for strategy in results["strategies"]:
-            rates = [rate for rate in results["rates"] if (strategy, rate) in table]
-            if rates:
-                area[strategy] = mean_over_log_rate(rates, [table[(strategy, r)] for r in rates])
-        out[target] = {"pairs": rows, "mean_eer_over_log_rate": area}
-    return out
-
-
-def _coverage_at_middle_rate(exp: Experiment, results: dict) -> dict:
-    """What each selection kept of its pool (the ``coverage`` of its summary), at the middle rate and the
-    first seed: the report shows why selections differ."""
-    from .collapse.sampling import summary_path
-
-    rate = sorted(results["rates"])[len(results["rates"]) // 2]
-    out = {"rate": rate, "seed": exp.recipe.seeds[0], "selections": {}}
-    for name in results["strategies"]:
-        manifest = exp.samples.get((name, rate, exp.recipe.seeds[0]))
-        if manifest is not None and summary_path(manifest).is_file():
-            summary = json.loads(summary_path(manifest).read_text())
-            if "coverage" in summary:
-                out["selections"][name] = summary["coverage"]
-    return out
-
-
-def _choose_on_validation(results: dict) -> dict | None:
-    """With validation targets, the selection with the lowest mean EER over log rate on the first one;
-    the test targets are reported for it but play no part in the choice."""
-    validation = results.get("validation_targets") or []
-    if not validation:
-        return None
-    area = results["comparisons"][validation[0]]["mean_eer_over_log_rate"]
-    ranking = sorted((name for name in area if name != "random"), key=lambda n: (area[n], n))
-    return {"validation_target": validation[0], "criterion": "mean EER over log rate (lowest wins)",
-            "ranking": [{"strategy": n, "value": area[n]} for n in ranking],
-            "random": area.get("random"), "chosen": ranking[0] if ranking else None}
-
-
-def _headline(results: dict, headline: str) -> dict:
-    """The headline selection against random at each rate, and its gap to full-data training, with
-    paired-bootstrap intervals, on the first test target (the first target that is not for validation)."""
-    tests = [t for t in results["targets"] if t not in (results.get("validation_targets") or [])]
-    target = tests[0]
-    key = f"eer_{target}_mean"
-    by = {(r["strategy"], r["rate"]): r[key] for r in results["table"]}
-    full = by.get((FULL, 1.0))
-    pairs = {(p["strategy"], p["rate"]): p for p in results["comparisons"][target]["pairs"]}
-    per_rate = []
-    for rate in results["rates"]:
-        nc, rnd, pair = by.get((headline, rate)), by.get(("random", rate)), pairs.get((headline, rate), {})
-        if nc is None or rnd is None or "minus_random" not in pair:
-            continue
-        per_rate.append({
-            "rate": rate, "strategy": headline, "nc": nc, "random": rnd,
-            "nc_minus_random": pair["minus_random"], "nc_minus_random_ci95": pair["minus_random_ci95"],
-            "nc_minus_full": pair.get("minus_full"), "nc_minus_full_ci95": pair.get("minus_full_ci95"),
-            "verdict": pair["verdict_vs_random"], "verdict_vs_full": pair.get("verdict_vs_full"),
-        })
-    counts = {v: sum(1 for p in per_rate if p["verdict"] == v) for v in ("better", "worse", "not separated")}
-    return {"target": target, "strategy": headline, "full_eer": full, "per_rate": per_rate,
-            "verdicts": counts, "rates_compared": len(per_rate)}
-
-
 def stage_report(exp: Experiment) -> dict:
     from .report import write_report
+    from .results import collect_results
 
     results = collect_results(exp)
     results["trivial_cues"] = _trivial_cues(exp)
@@ -663,11 +543,13 @@ def _figures(exp: Experiment, results: dict) -> dict[str, str]:
         plot_det_curves(_det_systems(exp, results, target), path)
         figures[f"DET curves on {target}"] = str(path)
     rate = sorted(results["rates"])[len(results["rates"]) // 2]
+    headline = results["headline"]["strategy"]
+    sampled = exp.samples.get((headline, rate, exp.recipe.seeds[0]))
+    ringed = f" ({headline} selection at rate {rate:g} ringed)" if sampled is not None else ""
     for src in exp.recipe.sources:
-        sampled = exp.samples.get(("nc", rate, exp.recipe.seeds[0]))
         path = fig_dir / f"embeddings_{src.name}.png"
         plot_embeddings(exp.embeddings[src.name], path, sampled=sampled, method=exp.recipe.report.projection)
-        figures[f"Embeddings of {src.name} (nc selection at rate {rate:g} ringed)"] = str(path)
+        figures[f"Embeddings of {src.name}{ringed}"] = str(path)
     return figures
 
 
@@ -677,9 +559,9 @@ def _det_systems(exp: Experiment, results: dict, target: str) -> dict[str, Path]
     rate = sorted(results["rates"])[len(results["rates"]) // 2]
     systems = {f"source {s.name}": exp.scores[(s.name, target)]["scores_csv"] for s in exp.recipe.sources}
     for strategy, r in [(FULL, 1.0), *[(s, rate) for s in results["strategies"]]]:
-        key = (_run_name(strategy, r, seed), target)
-        if key in exp.scores:
-            systems[f"{strategy}@{r:g}"] = exp.scores[key]["scores_csv"]
+        compact = exp.compact_runs.get((strategy, r, seed))
+        if compact is not None and target in compact.scores:
+            systems[f"{strategy}@{r:g}"] = compact.scores[target]["scores_csv"]
     return systems
 
 

@@ -115,9 +115,12 @@ def build_blocks(results: dict) -> list[Block]:
                      for v in named.values()]
         blocks.append("Selections with options: " + "; ".join(
             f"`{name}` = {text}" for name, text in zip(named, described, strict=True)) + ".")
-    header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "train time (s)"]
+    blocks.append(_budget_line(results))
+    header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "steps", "epochs",
+              "train time (s)"]
     rows = [[_row_name(r), *[_pm(r[f"eer_{t}_mean"], r[f"eer_{t}_std"], r["n_seeds"]) for t in targets],
-             str(r["n_train"]), f"{r['train_seconds']:.1f}"] for r in results["table"]]
+             str(r["n_train"]), str(r["steps"]), f"{r['epochs']:g}", f"{r['train_seconds']:.1f}"]
+            for r in results["table"]]
     blocks.append(Table(header, rows))
     for caption, path in results["figures"].items():
         if caption.startswith("EER versus"):
@@ -162,6 +165,18 @@ def build_blocks(results: dict) -> list[Block]:
             cue_rows.append([target, feature, f"{eer:.2f}", verdict])
     blocks.append(Table(["target", "feature", "EER (%)", f">= {TRIVIAL_CUE_FLOOR:.0f}%"], cue_rows))
     return blocks
+
+
+def _budget_line(results: dict) -> str:
+    budget = results["budget"]
+    if budget["kind"] == "steps":
+        cap = ("" if budget["max_epochs"] is None
+               else f", or {budget['max_epochs']} epochs of its own rows where those are fewer")
+        return (f"Training budget **steps**: each compact model takes the full-data model's "
+                f"{budget['full_steps']} optimiser steps{cap} (its epochs scaled by about 1 / rate, warm-up "
+                "and decay with them), so the selections differ in data, not in training.")
+    return ("Training budget **epochs**: every compact model trains the config's epochs over its own rows, "
+            "so a smaller selection also takes fewer optimiser steps (less data and less compute).")
 
 
 def _fmt(x) -> str:

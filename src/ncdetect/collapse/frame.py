@@ -1,4 +1,4 @@
-"""The sampling frame: everything the selection strategies share (DESIGN section 2).
+"""The sampling frame: everything the selection strategies share (docs/method.md, "Selections").
 
 A strategy is only its choice, ``choose(view, rows, k) -> (rows, distances)``: pick k of the given rows
 of one class. The frame around it validates the inputs, scores every row, walks the classes of one

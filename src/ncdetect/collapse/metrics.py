@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (DESIGN section 2), computed exactly as defined there.
+"""Neural-collapse metrics, computed exactly as docs/method.md defines them.
 
 With N samples h_i in K present classes (a class is present when it has at least one sample):
 

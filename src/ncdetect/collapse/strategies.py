@@ -76,7 +76,7 @@ class Strategy:
     takes: frozenset[str] = frozenset()
     fixed_order: str | None = None
     seeded: bool = False  # the choice itself draws from the seed (k-means modes add to this)
-    summary: str = ""  # one line for --help and the README
+    summary: str = ""  # one line for --help and docs/commands.md
 
     def __call__(self, embeddings: np.ndarray, labels: np.ndarray, rate: float, **options: Any) -> Selection:
         return select(self.name, embeddings, labels, rate, **options)

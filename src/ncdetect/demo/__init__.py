@@ -27,9 +27,9 @@ records each trivial feature's EER as a detector on every split (:mod:`ncdetect.
 each must stay at or above 30%. The spectral roll-off remains a cue inside ``demo_tts_en``: espeak-ng's
 formant voice is brighter than a human one, a property of the generator rather than of the channel.
 
-Manifests ``<key>.csv`` hold the DESIGN columns plus ``prompt, language, codec``, with audio as 16 kHz
-mono FLAC under ``audio/<key>/`` (paths relative to the manifest). Everything is seeded and
-deterministic; external tools run two at a time, ffmpeg codes many files per process, each file is
+Manifests ``<key>.csv`` hold the manifest columns (docs/formats.md) plus ``prompt, language, codec``, with
+audio as 16 kHz mono FLAC under ``audio/<key>/`` (paths relative to the manifest). Everything is seeded
+and deterministic; external tools run two at a time, ffmpeg codes many files per process, each file is
 written atomically and cached so that a killed build resumes, and ``demo_corpus.json`` is written last.
 """
 
