@@ -164,11 +164,12 @@ def test_detect_with_a_calibrated_run(calibrated_run, tmp_path):
 
 
 def test_score_evaluate_and_onnx_carry_the_calibration(calibrated_run, toy_dev_manifest, tmp_path):
-    from ncdetect.score import score_manifest
+    from ncdetect.calibration import score_calibrated
 
     cal = load_calibration(calibrated_run)
-    out = score_manifest(calibrated_run, toy_dev_manifest, tmp_path / "s.csv", progress=False,
-                         prior_spoof=0.3)
+    out = score_calibrated(calibrated_run, toy_dev_manifest, tmp_path / "s.csv", prior_spoof=0.3,
+                           progress=False)
+    assert read_scores(tmp_path / "s.csv")["llr"].tolist() == pytest.approx(out["llr"].tolist())
     np.testing.assert_allclose(out["llr"], cal.slope * out["score"] + cal.offset, atol=1e-12)
     assert out["probability"].tolist() == pytest.approx([posterior_bonafide(v, 0.3) for v in out["llr"]])
     result = evaluate_file(tmp_path / "s.csv", n_bootstrap=0)

@@ -10,6 +10,7 @@ from conftest import synth_utterance
 from ncdetect.data.frontends import (
     FRONTENDS,
     LFCC,
+    Frontend,
     LogMel,
     RawFrames,
     build_frontend,
@@ -161,6 +162,27 @@ def test_registry_config_roundtrip_and_errors():
         build_frontend("logmel", n_mel=40)
     with pytest.raises(ConfigError):
         build_frontend("lfcc", n_lfcc=30, n_filters=20)
+
+
+@pytest.mark.parametrize("name", sorted(FRONTENDS))
+def test_shift_invariance_is_declared_truthfully(name):
+    # What the feature store relies on: a front-end that declares itself shift-invariant gives, for a crop
+    # starting on a hop, the frames of the longer encoding (away from the edge frames); Whisper does not.
+    fe = build_frontend(name, **({"threads": 1} if name == "whisper" else {}))
+    assert isinstance(fe, Frontend) and isinstance(fe.shift_invariant, bool) and fe.hop_samples >= 1
+    x = torch.from_numpy(_signals(24_000)[2:3])
+    hop, n = fe.hop_samples, 12_000
+    a = 3_000 // hop  # the crop's first frame
+    long = fe(x)[0, 0]
+    crop = fe(x[:, a * hop : a * hop + n])[0, 0]
+    edge = 8  # frames whose analysis window (or delta context: LFCC's 2 x 2) reaches past an edge
+    inner_long = long[:, a + edge : a + crop.shape[-1] - edge]
+    inner_crop = crop[:, edge:-edge]
+    rel = float((inner_long - inner_crop).norm() / inner_crop.norm())
+    if fe.shift_invariant:
+        assert rel < 1e-4, (name, rel)
+    else:
+        assert rel > 1e-2, (name, rel)
 
 
 def test_buffers_are_not_persistent_and_follow_dtype_device():

@@ -203,6 +203,25 @@ def calibrated_metrics(cal: Calibration, df: pd.DataFrame, costs: DcfCosts = ASV
             "cllr_raw": cllr(bona, spoof), "min_cllr": min_cllr(bona, spoof)}
 
 
+def score_calibrated(run_dir: str | Path, manifest: str | Path, out_csv: str | Path,
+                     prior_spoof: float = PAGE_PRIOR_SPOOF, **kwargs: Any) -> pd.DataFrame:
+    """``ncdetect score``: :func:`ncdetect.score.score_manifest`, and for a calibrated run the columns
+    ``llr`` and ``probability`` (P(bonafide) under ``prior_spoof``)."""
+    from .fileio import atomic_path
+    from .score import score_manifest
+
+    check_prior(prior_spoof)
+    cal = load_calibration(run_dir)  # before the scoring: a bad calibration file fails at once
+    df = score_manifest(run_dir, manifest, out_csv, **kwargs)
+    if cal is None:
+        return df
+    df["llr"] = cal.llr(df["score"].to_numpy(dtype=np.float64))
+    df["probability"] = [posterior_bonafide(v, prior_spoof) for v in df["llr"]]
+    with atomic_path(Path(out_csv)) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
+
+
 def check_prior(prior_spoof: float) -> float:
     if not 0 < prior_spoof < 1:
         raise ConfigError(f"--prior-spoof must lie strictly between 0 and 1, got {prior_spoof}")

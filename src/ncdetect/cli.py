@@ -321,11 +321,11 @@ def score_cmd(
     """Score a manifest: score = logit(bonafide) - logit(spoof), higher = more likely bonafide, on each
     utterance's first window (tile-padded when shorter). A calibrated run adds llr (log-likelihood ratio)
     and probability (P(bonafide) under --prior-spoof)."""
-    from .score import score_manifest
+    from .calibration import score_calibrated
 
-    df = score_manifest(
-        run, manifest, out, batch_size=batch_size, skip_bad=skip_bad, device=device,
-        num_workers=num_workers, progress=True, prior_spoof=prior_spoof,
+    df = score_calibrated(
+        run, manifest, out, prior_spoof=prior_spoof, batch_size=batch_size, skip_bad=skip_bad,
+        device=device, num_workers=num_workers, progress=True,
     )
     typer.echo(f"{out}: {len(df)} scores")
 

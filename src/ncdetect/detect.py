@@ -40,12 +40,12 @@ import numpy as np
 import torch
 
 from .calibration import Calibration, load_calibration, posterior_bonafide
+from .data.audio import SAMPLE_RATE
 from .errors import NcdetectError
 
 if TYPE_CHECKING:
     from .runs import LoadedRun
 
-SAMPLE_RATE = 16_000
 
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",

@@ -4,8 +4,8 @@ score = logit(bonafide) - logit(spoof), so a higher score means more likely bona
 convention). Each utterance is scored on its first window, tile-padded when shorter (the AASIST
 convention), the same window the dev EER is measured on during training.
 
-A calibrated run (``ncdetect calibrate``) adds ``llr`` (the score mapped to a log-likelihood ratio) and
-``probability`` = P(bonafide | audio) under the stated spoof prior.
+The raw scores only: ``ncdetect score`` of a calibrated run adds its LLRs and probabilities through
+:func:`ncdetect.calibration.score_calibrated`.
 """
 
 from __future__ import annotations
@@ -79,21 +79,16 @@ def score_manifest(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
-    prior_spoof: float = 0.5,
 ) -> pd.DataFrame:
-    """Score every utterance of ``manifest`` with the run's model and write ``out_csv``; for a calibrated
-    run with ``llr`` and ``probability`` (P(bonafide) at spoof prior ``prior_spoof``) columns.
+    """Score every utterance of ``manifest`` with the run's model and write ``out_csv``.
 
     With ``skip_bad``, unreadable files are left out of the CSV and listed in ``skipped.csv`` beside it.
     """
-    from .calibration import check_prior, load_calibration, posterior_bonafide
     from .data.dataset import AudioDataset, write_skipped
     from .data.manifest import read_manifest
     from .runs import load_run
 
     out_csv = Path(out_csv)
-    check_prior(prior_spoof)
-    calibration = load_calibration(run_dir)
     run = load_run(run_dir, device)
     df = read_manifest(manifest)
     ensure_writable_dir(out_csv.parent)
@@ -119,9 +114,6 @@ def score_manifest(
             "attack": rows["attack"].to_numpy(),
         }
     )
-    if calibration is not None:
-        out["llr"] = calibration.llr(out["score"].to_numpy())
-        out["probability"] = [posterior_bonafide(v, prior_spoof) for v in out["llr"]]
     with atomic_path(out_csv) as tmp:
         out.to_csv(tmp, index=False)
     if skip_bad:  # written even when empty: a record that nothing was left out

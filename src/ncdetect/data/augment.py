@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import RawBoostConfig, SpecAugmentConfig
+from .audio import SAMPLE_RATE
 
 
 def aug_rng(seed: int, epoch: int, index: int, salt: int) -> np.random.Generator:
@@ -42,7 +43,9 @@ def _bandstop(f1: float, f2: float, taps: int, fs: int) -> np.ndarray:
     return h / h.sum()  # unity gain at DC, like firwin's scaling
 
 
-def _notch_filter(rng: np.random.Generator, gain_db: tuple[float, float], fs: int = 16_000) -> np.ndarray:
+def _notch_filter(
+    rng: np.random.Generator, gain_db: tuple[float, float], fs: int = SAMPLE_RATE
+) -> np.ndarray:
     """RawBoost's random multi-band filter: a cascade of 5 band-stops with random centre (20 Hz-8 kHz),
     bandwidth (100-1000 Hz) and length (10-100 taps), scaled to a random peak gain."""
     b = np.ones(1)

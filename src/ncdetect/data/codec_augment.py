@@ -33,9 +33,9 @@ import numpy as np
 
 from ..config import CodecAugmentConfig
 from ..errors import NcdetectError
+from .audio import SAMPLE_RATE
 from .ffmpeg import encode_decode
 
-SR = 16_000
 MP3_KBPS = (8, 16, 24, 32, 48, 64)
 OPUS_KBPS = (6, 8, 12, 16, 24)
 PACKET_SECONDS = 0.02
@@ -107,14 +107,14 @@ def draw_variant(cfg: CodecAugmentConfig, utt_key: int, k: int) -> Variant:
 def band_filter(x: np.ndarray, kind: str, cutoff: float) -> np.ndarray:
     from scipy.signal import butter, sosfilt
 
-    sos = butter(4, cutoff, btype=kind, fs=SR, output="sos")
+    sos = butter(4, cutoff, btype=kind, fs=SAMPLE_RATE, output="sos")
     return sosfilt(sos, x).astype(np.float32)
 
 
 def add_noise(x: np.ndarray, snr_db: float, slope: float, rng: np.random.Generator) -> np.ndarray:
     """Noise with power spectrum ``1/f^slope`` added at ``snr_db`` below the signal's power."""
     spec = np.fft.rfft(rng.standard_normal(len(x)))
-    freqs = np.fft.rfftfreq(len(x), 1 / SR)
+    freqs = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
     spec *= np.maximum(freqs, 20.0) ** (-slope / 2)
     noise = np.fft.irfft(spec, len(x))
     scale = np.linalg.norm(x) / max(np.linalg.norm(noise), 1e-12) / 10 ** (snr_db / 20)
@@ -123,7 +123,7 @@ def add_noise(x: np.ndarray, snr_db: float, slope: float, rng: np.random.Generat
 
 def packet_loss(x: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Drop 20 ms packets with probability ``rate``: silence, or the previous packet repeated."""
-    n = round(PACKET_SECONDS * SR)
+    n = round(PACKET_SECONDS * SAMPLE_RATE)
     y = x.copy()
     lost = np.flatnonzero(rng.random(len(x) // n + 1) < rate)
     repeat = rng.random(len(lost)) < 0.5

@@ -17,8 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from ..errors import NcdetectError
-
-SR = 16_000
+from .audio import SAMPLE_RATE
 
 
 def ffmpeg() -> str:
@@ -50,7 +49,7 @@ def decode_cmd(inputs: Sequence[Path], fmt: str | None, outputs: Sequence[Path])
     for src in inputs:
         cmd += (["-f", fmt] if fmt else []) + ["-i", str(src)]
     for i, dst in enumerate(outputs):
-        cmd += ["-map", f"{i}:a", "-ac", "1", "-ar", str(SR), "-c:a", "pcm_f32le", str(dst)]
+        cmd += ["-map", f"{i}:a", "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", str(dst)]
     return cmd
 
 
@@ -72,7 +71,7 @@ def encode_decode(
         encs = [root / f"enc{i}.{container}" for i in range(len(signals))]
         outs = [root / f"out{i}.wav" for i in range(len(signals))]
         for path, x in zip(ins, signals, strict=True):
-            sf.write(str(path), np.clip(x, -1.0, 1.0), SR, subtype="PCM_16")
+            sf.write(str(path), np.clip(x, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
         enc = [ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
         for path in ins:
             enc += ["-i", str(path)]

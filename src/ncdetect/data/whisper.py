@@ -53,8 +53,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .audio import SAMPLE_RATE
+from .spectral import FilterBank, Frontend, PowerSpectrum, mel_filterbank
 
-SAMPLE_RATE = 16_000
 N_FFT = 400
 HOP = 160
 COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
@@ -225,12 +226,9 @@ class WhisperLogMel(torch.nn.Module):
     """Whisper's log-mel spectrogram, ``(B, T) -> (B, n_mels, T // 160)`` (see the module docstring)."""
 
     def __init__(self, n_mels: int = 80) -> None:
-        # Imported here: frontends.py imports this module to register it.
-        from .frontends import FilterBank, _PowerSpectrum, mel_filterbank
-
         super().__init__()
         self.n_mels = n_mels
-        self.spectrum = _PowerSpectrum(N_FFT, N_FFT, HOP, pad_mode="reflect")
+        self.spectrum = PowerSpectrum(N_FFT, N_FFT, HOP, pad_mode="reflect")
         self.bank = FilterBank(mel_filterbank(SAMPLE_RATE, N_FFT, n_mels))
 
     def num_frames(self, num_samples: int) -> int:
@@ -248,11 +246,8 @@ class WhisperLogMel(torch.nn.Module):
         return (log_spec + 4.0) / 4.0
 
 
-class WhisperFrontend(torch.nn.Module):
+class WhisperFrontend(Frontend):
     """Frozen Whisper encoder output as ``(B, 1, d_model, frames)``; see the module docstring.
-
-    The interface of :class:`~ncdetect.data.frontends.Frontend`: ``n_features``, ``num_frames`` and
-    ``config``.
 
     ``model_dir``: a faster-whisper model directory, or None for the bundled tiny.en.
     ``compute_type``: CTranslate2's (``int8`` is 2-3x faster than ``float32`` on CPU).
@@ -264,6 +259,10 @@ class WhisperFrontend(torch.nn.Module):
     """
 
     name = "whisper"
+    # The encoding of a window depends on all of it (positional embeddings, attention, the log-mel clamp at
+    # the window's own maximum): a crop of a longer encoding is not the encoding of the crop.
+    shift_invariant = False
+    hop_samples = 2 * HOP  # the encoder's stride-2 convolution
     exportable = False  # ncdetect export refuses it: the encoder is not a torch graph
     # Encoder outputs lie within about +-25 (tiny.en), where float16 keeps 3 significant digits; half the
     # disk and page cache of float32, and the cache is what makes a Whisper epoch as cheap as a log-mel one.
@@ -278,9 +277,8 @@ class WhisperFrontend(torch.nn.Module):
         device: str = "cpu",
         layers: int | None = None,
     ) -> None:
-        super().__init__()
-        self._config = dict(model_dir=model_dir, compute_type=compute_type, threads=threads,
-                            batch_size=batch_size, device=device, layers=layers)
+        super().__init__(model_dir=model_dir, compute_type=compute_type, threads=threads,
+                         batch_size=batch_size, device=device, layers=layers)
         if compute_type not in COMPUTE_TYPES:
             raise ConfigError(f"frontend whisper: compute_type must be one of {', '.join(COMPUTE_TYPES)}, "
                               f"not {compute_type!r}")
@@ -307,11 +305,6 @@ class WhisperFrontend(torch.nn.Module):
         self.n_features = int(probe.shape[-1])
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The registry name and keyword arguments that rebuild this front-end."""
-        return {"name": self.name, **self._config}
-
-    @property
     def cache_identity(self) -> dict[str, Any]:
         """What the feature cache hashes: the config plus the model file, so a replaced model (the same
         ``model_dir``, other weights) is not read from an old cache."""
@@ -323,20 +316,13 @@ class WhisperFrontend(torch.nn.Module):
         # The encoder's second convolution has stride 2 (kernel 3, padding 1): ceil(frames / 2).
         return (self.mel.num_frames(num_samples) + 1) // 2
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` (or ``(T,)``, ``(B, 1, T)``) -> ``(B, 1, d_model, frames)`` float32, no gradients."""
-        from .frontends import as_wave_batch  # here: frontends imports this module to register it
-
-        wave = as_wave_batch(wave, "WhisperFrontend")
-        with torch.no_grad(), torch.autocast(device_type=wave.device.type, enabled=False):
-            mel = self.mel(wave.detach().float().cpu()).numpy()
+    def _features(self, wave: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
+        """``(B, T) -> (B, d_model, frames)`` float32, no gradients (the encoder runs on its own device)."""
+        with torch.no_grad():
+            mel = self.mel(wave.detach().cpu()).numpy()
         step = self.batch_size
         parts = [self.encoder.encode(mel[i : i + step]) for i in range(0, len(mel), step)]
-        out = torch.from_numpy(np.concatenate(parts)).transpose(1, 2).unsqueeze(1)
-        return out.to(wave.device)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return torch.from_numpy(np.concatenate(parts)).transpose(1, 2).to(wave.device)
 
     def __deepcopy__(self, memo: dict) -> WhisperFrontend:
         # The CTranslate2 model cannot be copied and, being frozen, need not be: the copy shares it.

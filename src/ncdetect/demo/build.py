@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from ..data.audio import SAMPLE_RATE
 from ..data.manifest import make_manifest, write_manifest
 from ..errors import NcdetectError
 from ..fileio import atomic_path, ensure_writable_dir, write_json
@@ -27,7 +28,6 @@ from .prompts import LANGUAGES, Prompt, load_prompts
 
 log = logging.getLogger("ncdetect.demo")
 
-SR = 16_000
 RECIPE_VERSION = 1  # bump when a change alters the audio, so that caches of older builds are not reused
 QUICK_PROMPTS = 60  # per language
 TARGET_FRACTION = 0.3  # of each language's prompts, held out for the target
@@ -127,7 +127,7 @@ def raw_path(work: Path, prompt: Prompt, source: str, seed: int) -> Path:
 
 def _write_flac(path: Path, x: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(x, -1.0, 1.0), SR, format="FLAC", subtype="PCM_16")
+        sf.write(str(tmp), np.clip(x, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
 
 
 def _gl_seed(seed: int, prompt: Prompt) -> int:

@@ -28,9 +28,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
-from ..data.audio import trim_silence
+from ..data.audio import SAMPLE_RATE, trim_silence
 
-SR = 16_000
 TRIM_TOP_DB = 40.0
 PAD_SECONDS = (0.1, 0.5)
 FLOOR_DB = (45.0, 60.0)
@@ -65,8 +64,8 @@ def draw(seed: int, utt_id: str, with_codec: bool) -> Draws:
 
 @lru_cache(maxsize=1)
 def _band() -> np.ndarray:
-    low = butter(4, BAND_HZ[0], btype="highpass", fs=SR, output="sos")
-    high = butter(10, BAND_HZ[1], btype="lowpass", fs=SR, output="sos")
+    low = butter(4, BAND_HZ[0], btype="highpass", fs=SAMPLE_RATE, output="sos")
+    high = butter(10, BAND_HZ[1], btype="lowpass", fs=SAMPLE_RATE, output="sos")
     return np.concatenate([low, high])
 
 
@@ -87,7 +86,8 @@ def equalise(x: np.ndarray, d: Draws) -> np.ndarray:
     x = x - x.mean()
     speech = trim_silence(x, top_db=TRIM_TOP_DB)
     peak = loudest_frame_rms(speech)
-    y = np.concatenate([np.zeros(int(d.lead_s * SR)), speech, np.zeros(int(d.trail_s * SR))])
+    lead, trail = np.zeros(int(d.lead_s * SAMPLE_RATE)), np.zeros(int(d.trail_s * SAMPLE_RATE))
+    y = np.concatenate([lead, speech, trail])
     noise = np.random.default_rng(d.noise_seed).standard_normal(len(y))
     y = y + noise * peak * 10 ** (-d.floor_db / 20)
     y = sosfiltfilt(_band(), y)

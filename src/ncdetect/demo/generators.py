@@ -26,9 +26,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..data.audio import SAMPLE_RATE
 from ..errors import NcdetectError
 
-SR = 16_000
 TTS = ("espeak-ng", "festival-kal")
 VOCODERS = ("world", "griffin-lim")
 GENERATORS = TTS + VOCODERS
@@ -81,8 +81,8 @@ def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim > 1:
         x = x.mean(axis=1)
-    if sr != SR:
-        x = soxr.resample(x, sr, SR, quality="HQ").astype(np.float32)
+    if sr != SAMPLE_RATE:
+        x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
     return x
 
 
@@ -138,11 +138,11 @@ def festival(texts: Sequence[str], language: str) -> list[np.ndarray]:
 def world(x: np.ndarray) -> np.ndarray:
     pw = _import("pyworld")
     xd = np.ascontiguousarray(x, dtype=np.float64)
-    f0, t = pw.dio(xd, SR, frame_period=5.0)
-    f0 = pw.stonemask(xd, f0, t, SR)
-    sp = pw.cheaptrick(xd, f0, t, SR)
-    ap = pw.d4c(xd, f0, t, SR)
-    y = pw.synthesize(f0, sp, ap, SR, 5.0)
+    f0, t = pw.dio(xd, SAMPLE_RATE, frame_period=5.0)
+    f0 = pw.stonemask(xd, f0, t, SAMPLE_RATE)
+    sp = pw.cheaptrick(xd, f0, t, SAMPLE_RATE)
+    ap = pw.d4c(xd, f0, t, SAMPLE_RATE)
+    y = pw.synthesize(f0, sp, ap, SAMPLE_RATE, 5.0)
     return _fit(y.astype(np.float32), len(x))
 
 
@@ -152,14 +152,15 @@ N_FFT, HOP, N_MELS, GL_ITERS = 1024, 256, 80, 32
 @lru_cache(maxsize=1)
 def _mel_pinv() -> np.ndarray:
     librosa = _import("librosa")
-    basis = librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmax=SR / 2)
+    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmax=SAMPLE_RATE / 2)
     return np.linalg.pinv(basis).astype(np.float32)
 
 
 def griffin_lim(x: np.ndarray, seed: int) -> np.ndarray:
     librosa = _import("librosa")
     mel = librosa.feature.melspectrogram(
-        y=np.asarray(x, dtype=np.float32), sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, fmax=SR / 2
+        y=np.asarray(x, dtype=np.float32), sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS,
+        fmax=SAMPLE_RATE / 2,
     )
     mag = np.sqrt(np.maximum(_mel_pinv() @ mel, 0.0))
     y = librosa.griffinlim(
