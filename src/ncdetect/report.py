@@ -124,13 +124,12 @@ def build_blocks(results: dict) -> list[Block]:
     blocks.append("minDCF and actDCF: the ASVspoof 5 detection costs (C_miss 1, C_fa 10, P(spoof) 0.05; "
                   "0 is perfect, 1 no better than a fixed decision); actDCF after calibrating the model on "
                   "the sources' dev sets (see Calibration).")
-    header = ["training set", *[f"{m} {t}" for t in targets for m in ("EER (%)", "minDCF", "actDCF")],
-              "train size", "train time (s)"]
-    rows = [[_row_name(r), *[cell for t in targets for cell in (
-                _pm(r[f"eer_{t}_mean"], r[f"eer_{t}_std"], r["n_seeds"]),
-                _pm3(r.get(f"min_dcf_{t}_mean"), r.get(f"min_dcf_{t}_std"), r["n_seeds"]),
-                _pm3(r.get(f"act_dcf_{t}_mean"), r.get(f"act_dcf_{t}_std"), r["n_seeds"]))],
-             str(r["n_train"]), f"{r['train_seconds']:.1f}"] for r in results["table"]]
+    header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "train time (s)",
+              *[f"{m} {t}" for t in targets for m in ("minDCF", "actDCF")]]
+    rows = [[_row_name(r), *[_pm(r[f"eer_{t}_mean"], r[f"eer_{t}_std"], r["n_seeds"]) for t in targets],
+             str(r["n_train"]), f"{r['train_seconds']:.1f}",
+             *[_pm3(r.get(f"{m}_{t}_mean"), r.get(f"{m}_{t}_std"), r["n_seeds"])
+               for t in targets for m in ("min_dcf", "act_dcf")]] for r in results["table"]]
     blocks.append(Table(header, rows))
     for caption, path in results["figures"].items():
         if caption.startswith("EER versus"):
