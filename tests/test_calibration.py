@@ -169,7 +169,8 @@ def test_score_evaluate_and_onnx_carry_the_calibration(calibrated_run, toy_dev_m
     cal = load_calibration(calibrated_run)
     out = score_calibrated(calibrated_run, toy_dev_manifest, tmp_path / "s.csv", prior_spoof=0.3,
                            progress=False)
-    assert read_scores(tmp_path / "s.csv")["llr"].tolist() == pytest.approx(out["llr"].tolist())
+    written = read_scores(tmp_path / "s.csv")["llr"].astype(float)  # extra columns are read as text
+    assert written.tolist() == pytest.approx(out["llr"].tolist(), abs=1e-12)
     np.testing.assert_allclose(out["llr"], cal.slope * out["score"] + cal.offset, atol=1e-12)
     assert out["probability"].tolist() == pytest.approx([posterior_bonafide(v, 0.3) for v in out["llr"]])
     result = evaluate_file(tmp_path / "s.csv", n_bootstrap=0)

@@ -53,6 +53,9 @@ class OptimConfig(_Section):
     # Gradient accumulation: each optimiser step sums ``accumulate`` micro-batches, so the global batch is
     # data.batch_size x world size x accumulate.
     accumulate: int = Field(1, ge=1)
+    # The peak learning rate of a front-end part that the model trains (frontend.kwargs.finetune: the
+    # Whisper stem and first layers), on the same warm-up and cosine schedule; null = lr.
+    frontend_lr: float | None = Field(None, gt=0)
 
 
 class LossConfig(_Section):

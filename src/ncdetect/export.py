@@ -56,7 +56,8 @@ def export_onnx(run_dir: str | Path, out: str | Path, opset: int = OPSET) -> Pat
         # The Whisper encoder runs in CTranslate2, outside torch: there is no graph to export.
         raise NcdetectError(
             f"{run_dir}: front-end {run.config.frontend.name!r} cannot be exported to ONNX (its encoder runs "
-            "in CTranslate2, not torch); use the run folder with `ncdetect detect` or `ncdetect serve`"
+            "in CTranslate2, not torch); use the run folder with `ncdetect detect` or `ncdetect serve`, or "
+            "train with frontend.kwargs.backend: torch"
         )
     graph = WaveformDetector(run.frontend, run.model).eval()
     # Noise rather than zeros: a constant input lets the tracer fold more than it should.

@@ -461,16 +461,7 @@ def build_context(
         ddp_model = DistributedDataParallel(  # DIST
             model, device_ids=[env.local_rank] if device.type == "cuda" else None
         )
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases, norms
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.optim.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
     amp_dtype = _amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if cfg.loss.balance == "weighted":  # w_c = N / (2 N_c): the expected weight per sample is 1
@@ -480,6 +471,35 @@ def build_context(
         class_weight = torch.ones(2, dtype=torch.float32, device=device)
     return TrainContext(cfg, env, device, frontend, model, ddp_model, opt, scaler, amp_dtype, class_weight,
                         steps_per_epoch, skip_bad, progress)
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only (not biases and norms); a fine-tuned front-end part
+    (``model.encoder``) gets groups of its own at ``optim.frontend_lr``."""
+    groups = []
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for is_frontend in (False, True):
+        params = [p for n, p in named if n.startswith("encoder.") == is_frontend]
+        if is_frontend and not params:
+            break
+        lr = (cfg.optim.frontend_lr or cfg.optim.lr) if is_frontend else cfg.optim.lr
+        extra = {"base_lr": lr} if is_frontend else {}
+        groups += [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay, **extra},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
+        ]
+    return groups
+
+
+def layer_weights(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
+    """The learned layer weighting of ``model`` (or of its weights ``state``): ``{"layers": [...],
+    "weights": [...]}`` (softmax, summing to 1); None when the model has none."""
+    mix = getattr(model, "layer_weights", None)
+    if mix is None:
+        return None
+    logits = state["layer_weights.logits"] if state is not None else mix.logits.detach()
+    weights = torch.softmax(logits.float().cpu(), dim=0)
+    return {"layers": list(mix.names), "weights": [round(float(w), 6) for w in weights]}
 
 
 def train_one_epoch(
@@ -519,7 +539,9 @@ def train_one_epoch(
         if a == 0:  # first micro-batch of an optimiser step
             lr = lr_at(state.step, total_steps, warmup_steps, cfg.optim.lr, min_lr)
             for group in opt.param_groups:
-                group["lr"] = lr
+                base = group.get("base_lr", cfg.optim.lr)  # optim.frontend_lr for a fine-tuned encoder
+                group["lr"] = lr if base == cfg.optim.lr else lr_at(
+                    state.step, total_steps, warmup_steps, base, base * cfg.optim.min_lr_ratio)
             has_grad = False
         last_micro = a == accumulate - 1
         x = batch["features" if "features" in batch else "wave"]
@@ -674,6 +696,7 @@ def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict
         "global_batch": cfg.data.batch_size * ctx.env.world * cfg.optim.accumulate,
         "device": str(ctx.device),
         "amp": str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype is not None else "off",
+        **({"layer_weights": mix} if (mix := layer_weights(ctx.model, state.best_state)) else {}),
     }
 
 
@@ -734,7 +757,7 @@ def train(
     # Everything that can be wrong with the inputs fails here, before the run folder is touched.
     data = read_train_data(train_manifest, dev_manifest)
     frontend = build_frontend(cfg).to(device)
-    model = build_model(cfg, frontend.n_features)
+    model = build_model(cfg, frontend.n_features, frontend)
     steps_per_epoch = _steps_per_epoch(cfg, env, len(data.train_df), train_manifest)
 
     finished = prepare_run_folder(out, env, resume, force)
