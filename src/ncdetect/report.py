@@ -254,16 +254,21 @@ def _comparison_blocks(results: dict) -> list[Block]:
 def _calibration_blocks(results: dict) -> list[Block]:
     """How far each compact model's decisions are from its best threshold once calibrated on the
     sources' dev sets: the calibration loss that the shift from dev to target leaves."""
-    rows_by_target = {t: [r for r in results["table"] if r.get(f"act_dcf_{t}_mean") is not None]
-                      for t in results["targets"]}
-    if not any(rows_by_target.values()):
+    if not any(r.get(f"act_dcf_{t}_mean") is not None for r in results["table"] for t in results["targets"]):
         return []
+    rows_by_target = {t: results["table"] for t in results["targets"]}
     blocks: list[Block] = ["## Calibration"]
     blocks.append("Each compact model maps its scores to log-likelihood ratios with an affine map fitted on "
                   "the sources' dev sets (prior-weighted logistic regression) and decides at the Bayes "
                   "threshold. actDCF − minDCF is what those decisions lose against the best threshold "
                   "chosen on the target itself: near 0 when the dev sets are like the target, larger under "
                   "domain shift. Uncalibrated: the raw scores taken as LLRs. Cllr in bits, means over seeds.")
+    skipped = [f"{_row_name(r)} seed {r['seed']}" for r in results.get("runs", [])
+               if r.get("calibration_error")]
+    if skipped:
+        blocks.append("Left uncalibrated (e.g. dev scores that run the wrong way; the reason is in "
+                      "results.json, `runs[].calibration_error`), so their rows show no actDCF: "
+                      + ", ".join(skipped) + ".")
     for target, rows in rows_by_target.items():
         blocks.append(Table(
             ["training set", f"minDCF {target}", "actDCF", "actDCF − minDCF", "actDCF uncalibrated", "Cllr",

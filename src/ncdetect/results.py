@@ -88,6 +88,7 @@ def collect_results(exp: Experiment) -> dict:
             "act_dcf": {t: _calibrated(compact, t, "act_dcf") for t in targets},
             "calibration": None if cal is None else {k: cal[k] for k in ("slope", "offset", "dev")},
             "calibration_targets": (compact.calibration or {}).get("targets") or {},
+            "calibration_error": (compact.calibration or {}).get("error"),
         })
     rows: dict[tuple[str, float], list[dict]] = {}
     for run in results["runs"]:
