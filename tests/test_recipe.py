@@ -153,3 +153,18 @@ def test_variants_and_a_filter_with_backticks_load(tmp_path):
     assert variants == {"random": ("random", {"metric": "euclidean"}),
                         "nc": ("nc", {"metric": "euclidean", "fake_mode": "class"}),
                         "nc-attack": ("nc", {"fake_mode": "attack"})}
+
+
+def test_target_by_columns_are_checked_at_load(tmp_path):
+    manifest = tmp_path / "target.csv"
+    manifest.write_text("utt_id,path,label,dataset,attack,speaker,language\n"
+                        "u1,a.wav,bonafide,t,-,s1,en\nu2,b.wav,spoof,t,A1,s1,es\n")
+    text = RECIPE.replace("data: {corpus: in-the-wild, root: rel/itw}",
+                          f"data: {manifest}\n    by: [language]")
+    assert load_recipe(write(tmp_path, text)).targets[0].by == ["language"]
+    columns = r"\(its columns: utt_id, path, label, dataset, attack, speaker, language\)"
+    missing = r"targets\[0\].by: column 'channel' is not in .*target.csv "
+    with pytest.raises(ConfigError, match=missing + columns):
+        load_recipe(write(tmp_path, text.replace("by: [language]", "by: [language, channel]")))
+    with pytest.raises(ConfigError, match=r"targets\[0\].by: column 'language' is named twice"):
+        load_recipe(write(tmp_path, text.replace("by: [language]", "by: [language, language]")))

@@ -189,6 +189,20 @@ def load_calibration(run_dir: str | Path) -> Calibration | None:
     return Calibration.from_dict(data, path)
 
 
+def calibrated_metrics(cal: Calibration, df: pd.DataFrame, costs: DcfCosts = ASVSPOOF5_COSTS) -> dict:
+    """What calibration does on another set (validated scores): minDCF, actDCF and Cllr of the raw scores
+    taken as LLRs and of the calibrated LLRs, min Cllr, and the calibration loss actDCF - minDCF."""
+    is_bona = (df["label"] == "bonafide").to_numpy()
+    score = df["score"].to_numpy(dtype=np.float64)
+    bona, spoof = score[is_bona], score[~is_bona]
+    llr_b, llr_s = cal.llr(bona), cal.llr(spoof)
+    best = min_dcf(bona, spoof, costs)[0]
+    actual = act_dcf(llr_b, llr_s, costs)[0]
+    return {"min_dcf": best, "act_dcf": actual, "act_dcf_gap": actual - best,
+            "act_dcf_raw": act_dcf(bona, spoof, costs)[0], "cllr": cllr(llr_b, llr_s),
+            "cllr_raw": cllr(bona, spoof), "min_cllr": min_cllr(bona, spoof)}
+
+
 def score_calibrated(run_dir: str | Path, manifest: str | Path, out_csv: str | Path,
                      prior_spoof: float = PAGE_PRIOR_SPOOF, **kwargs: Any) -> pd.DataFrame:
     """``ncdetect score``: :func:`ncdetect.score.score_manifest`, and for a calibrated run the columns

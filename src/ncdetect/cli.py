@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from . import __version__
+from .collapse import coverage as collapse_coverage
 from .collapse import frame as sampling_frame
 from .collapse.strategies import STRATEGIES
 from .data.corpora import ADAPTERS
@@ -175,6 +176,7 @@ RealMode = _choices("RealMode", sampling_frame.REAL_MODES)
 SampleOrder = _choices("SampleOrder", sampling_frame.ORDERS)
 CombineSpaces = _choices("CombineSpaces", sampling_frame.COMBINES)
 DistanceMetric = _choices("DistanceMetric", sampling_frame.METRICS)
+CoverageMode = _choices("CoverageMode", collapse_coverage.COVERAGE_MODES)
 
 
 class ProjectionMethod(str, Enum):
@@ -257,9 +259,13 @@ def sample_cmd(
         "ceil(factor * k) samples."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random, kcenter, kmeans."),
-    no_coverage: bool = typer.Option(
-        False, "--no-coverage", help="Skip the coverage of the pool (shares kept, NN distances, NC1)."
+    coverage: CoverageMode = typer.Option(
+        collapse_coverage.DEFAULT_COVERAGE, "--coverage", help="Coverage of the pool in the summary (shares "
+        "kept, nearest-neighbour distances, NC1): estimate (nearest-neighbour means on "
+        f"{collapse_coverage.ESTIMATE_POINTS} seeded query rows per class, with 95% intervals), exact "
+        "(every row; O(pool x kept) distances), or off."
     ),
+    no_coverage: bool = typer.Option(False, "--no-coverage", help="The same as --coverage off."),
     out: Path = typer.Option(..., "--out", help="Manifest to write (.csv or .parquet); the summary goes "
                              "to <stem>.summary.json beside it."),
 ) -> None:
@@ -272,7 +278,8 @@ def sample_cmd(
         emb, strategy=strategy.value, rate=rate, real_rate=real_rate, fake_rate=fake_rate,
         fake_mode=fake_mode.value, metric=metric.value, seed=seed, out=out, progress=sys.stderr.isatty(),
         real_mode=real_mode.value, order=order.value, order_switch=order_switch, min_margin=min_margin,
-        pool_factor=pool_factor, cross_source=cross_source, combine=combine.value, coverage=not no_coverage,
+        pool_factor=pool_factor, cross_source=cross_source, combine=combine.value,
+        coverage="off" if no_coverage else coverage.value,
     )
     summary = df.attrs["summary"]
     for note in summary["notices"]:

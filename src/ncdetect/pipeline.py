@@ -8,7 +8,9 @@ Stages, in order:
   5. sample    - every strategy at every rate (and seed, for the seeded strategies)
   6. compact   - the compact model on every sampled set, and on 100% of the union (full-data baseline)
   7. evaluate  - score every model on the targets and the sources' dev sets
-  8. report    - report.md, report.html and results.json (the statistics: :mod:`ncdetect.results`)
+  8. calibrate - each compact model's score -> LLR map, fitted on the sources' pooled dev sets, and its
+                 actDCF on every target
+  9. report    - report.md, report.html and results.json (the statistics: :mod:`ncdetect.results`)
 
 Every stage writes into a folder named by a hash of its inputs and config, and marks it complete with a
 ``DONE`` file written last. A rerun skips complete stages; an interrupted training resumes from its last
@@ -106,6 +108,8 @@ class CompactRun:
     steps: int  # optimiser steps taken
     epochs: int  # epochs started (with a step budget the last may be cut short)
     scores: dict[str, dict] = field(default_factory=dict)
+    # {"calibration": the dev-fitted map, "targets": {target: calibrated_metrics}} (filled by calibrate)
+    calibration: dict | None = None
 
     def summary(self) -> dict[str, Any]:
         """What results.json records of the training."""
@@ -499,7 +503,49 @@ def stage_evaluate(exp: Experiment) -> None:
                     lambda c=compact, e=ev: _score(exp, c.name, c.run, c.key, e))
 
 
-# --- 8. results and report -----------------------------------------------------------------------
+# --- 8. calibrate --------------------------------------------------------------------------------
+
+
+def stage_calibrate(exp: Experiment) -> None:
+    """Each compact model's score -> LLR map, fitted on the pooled dev sets of the sources (its own run
+    folder gets calibration.json, so `detect` and `serve` give probabilities), and what that map does on
+    each target: actDCF against minDCF, the calibration loss under domain shift."""
+    from .calibration import CALIBRATION_FILE, calibrate_scores, calibrated_metrics
+    from .evaluate import read_scores
+
+    devs = [f"{s.name}/dev" for s in exp.recipe.sources if f"{s.name}/dev" in exp.manifests]
+    if not devs:
+        exp.log("[calibrate] no source has a dev set: the compact models stay uncalibrated")
+        return
+    targets = [t.name for t in exp.recipe.targets]
+    for compact in {c.key: c for c in exp.compact_runs.values()}.values():
+        stage = exp.stage("calibrate", compact.name, {"run": compact.key, "devs": devs, "targets": targets})
+
+        def fit(compact: CompactRun = compact, stage: Stage = stage) -> dict:
+            if not stage.done:
+                scores = {ev: read_scores(compact.scores[ev]["scores_csv"]) for ev in [*devs, *targets]}
+                try:
+                    cal = calibrate_scores(pd.concat([scores[d] for d in devs], ignore_index=True),
+                                           " + ".join(devs))
+                except NcdetectError as err:  # e.g. a model whose dev scores run the wrong way
+                    data: dict = {"calibration": None, "error": str(err), "targets": {}}
+                else:
+                    data = {"calibration": cal.to_dict(),
+                            "targets": {t: calibrated_metrics(cal, scores[t]) for t in targets}}
+                write_json(stage.dir / "calibration.json", data)
+                stage.finish()
+            data = json.loads((stage.dir / "calibration.json").read_text())
+            if data["calibration"] is None:
+                exp.log(f"[calibrate] {compact.name}: left uncalibrated: {data['error']}")
+                (compact.run / CALIBRATION_FILE).unlink(missing_ok=True)
+            else:
+                write_json(compact.run / CALIBRATION_FILE, data["calibration"])
+            return data
+
+        compact.calibration = exp.run_stage("calibrate", compact.name, fit)
+
+
+# --- 9. results and report -----------------------------------------------------------------------
 
 
 def stage_report(exp: Experiment) -> dict:
@@ -568,7 +614,7 @@ def _det_systems(exp: Experiment, results: dict, target: str) -> dict[str, Path]
 # --- entry points --------------------------------------------------------------------------------
 
 STAGES = [stage_prepare, stage_sources, stage_embed_and_collapse, stage_sample, stage_compact,
-          stage_evaluate, stage_report]
+          stage_evaluate, stage_calibrate, stage_report]
 
 
 def run_recipe(recipe: Recipe, out: str | Path, log: Callable[[str], None] = print,

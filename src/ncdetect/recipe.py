@@ -63,6 +63,8 @@ class SourceSpec(_Strict):
 class TargetSpec(_Strict):
     name: str
     data: DataSpec
+    by: list[str] = Field(default_factory=list, description="manifest columns the report gives EER and "
+                          "minDCF per value of (the attack column always), e.g. [language, channel]")
 
     _coerce = field_validator("data", mode="before")(_as_data_spec)
 
@@ -250,6 +252,7 @@ def check_recipe(recipe: Recipe, path: str | Path = "<recipe>") -> None:
             _check_filter(spec, f"{path}: sources[{i}].{key}.filter")
     for i, tgt in enumerate(recipe.targets):
         _check_filter(tgt.data, f"{path}: targets[{i}].data.filter")
+        _check_by(tgt, f"{path}: targets[{i}].by")
     _check_config(recipe.compact.config, recipe.compact.set, f"{path}: compact")
     _check_budget(recipe.compact, f"{path}: compact")
 
@@ -311,6 +314,24 @@ def _check_config(config: Path | None, overrides: dict[str, Any], where: str) ->
         load_config(config, values=overrides)  # as the pipeline applies a source's `set:`
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_by(target: TargetSpec, where: str) -> None:
+    """The ``by`` columns of a target given as a manifest on disk must be columns of it (a corpus to
+    prepare is checked once it is prepared, by the report's per-condition tables)."""
+    dupes = sorted({c for c in target.by if target.by.count(c) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: column {dupes[0]!r} is named twice")
+    manifest = target.data.manifest
+    if not target.by or manifest is None or not Path(manifest).is_file():
+        return
+    from .data.manifest import read_manifest
+
+    columns = list(read_manifest(manifest, resolve_paths=False).columns)
+    for column in target.by:
+        if column not in columns:
+            raise ConfigError(f"{where}: column {column!r} is not in {manifest} (its columns: "
+                              f"{', '.join(columns)})")
 
 
 def _check_filter(spec: DataSpec | None, where: str) -> None:
