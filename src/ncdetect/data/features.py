@@ -70,6 +70,7 @@ from .spectral import Frontend, frontend_key
 STORE_VERSION = 1
 CROP_FACTOR = 1.5  # training windows lie within the first 1.5 x n samples of an utterance
 RENDER_BATCH = 256  # utterances per build batch (and shard) when codec copies are rendered
+BUILD_BATCH = 64  # utterances per build batch (and shard) otherwise
 DTYPES = ("float32", "float16")
 _SALT_VARIANT = 0xC0DEC
 
@@ -283,7 +284,7 @@ class FeatureStore:
         if todo:
             ensure_writable_dir(self.path / "shards")
             self._remove_dead_builds()
-            step = max(batch_size, RENDER_BATCH if codec is not None and codec.enabled else 64)
+            step = max(batch_size, RENDER_BATCH if codec is not None and codec.enabled else BUILD_BATCH)
             ds = _Decoded(manifest["path"].astype(str).iloc[todo].tolist(), policy)
             loader = torch.utils.data.DataLoader(ds, batch_size=step, num_workers=num_workers,
                                                  collate_fn=_collate_decoded)
