@@ -3,6 +3,9 @@
 * Whisper tiny.en encoder (CTranslate2, int8, one thread, batches of 16 windows of 4 s) against the log-mel
   front-end on the same batch and thread, timed in turns: windows/s per core and the time ratio. Target:
   at least 50 windows of 4 s per second per core.
+* The two backends of the frozen encoder in the same turns: CTranslate2 int8 against the PyTorch encoder
+  (``backend: torch``, float32), for the encoder output and for ``layers: 1``, and the torch backend's
+  every layer in one pass (``layers: all``): windows/s per core and the torch / CTranslate2 time ratio.
 * Codec augmentation: rendering codec/channel copies (ffmpeg round trips in batches, default
   ``augment.codec`` settings) and a feature-cache build with K = 4 copies against one without, on the
   same clips: the time ratio is what ``augment.codec`` adds to the one-off cache build (epochs cost the
@@ -48,12 +51,17 @@ def bench_frontend(quick: bool) -> list[dict]:
     try:
         full = build_frontend("whisper", threads=1, batch_size=batch, compute_type="int8")
         first = build_frontend("whisper", threads=1, batch_size=batch, compute_type="int8", layers=1)
+        torch_full = build_frontend("whisper", batch_size=batch, backend="torch")
+        torch_first = build_frontend("whisper", batch_size=batch, backend="torch", layers=1)
+        torch_every = build_frontend("whisper", batch_size=batch, backend="torch", layers="all")
     except Exception as err:  # the extra is missing: report, do not fail the other benchmarks
         return [row("Whisper tiny.en encoder", "windows/s per core", f"skipped ({err})", ">= 50", None)]
     logmel = LogMel()
     with Threads(1):
-        times = interleaved({"all": lambda: full(waves), "first": lambda: first(waves),
-                             "logmel": lambda: logmel(waves)}, repeats=3 if quick else 7)
+        fns = {"all": full, "first": first, "logmel": logmel, "torch_all": torch_full,
+               "torch_first": torch_first, "torch_every": torch_every}
+        times = interleaved({k: (lambda fe=fe: fe(waves)) for k, fe in fns.items()},
+                            repeats=3 if quick else 7)
     t_l = min(times["logmel"])
     rows = []
     for key, label in (("all", "all 4 layers (the encoder output)"), ("first", "layers: 1")):
@@ -67,6 +75,15 @@ def bench_frontend(quick: bool) -> list[dict]:
         ]
     rows.append(row("log-mel front-end, same batch and thread", "windows/s per core", f"{batch / t_l:.0f}",
                     "-", None, throughput=batch / t_l))
+    for key, ct2, label in (("torch_all", "all", "the encoder output"), ("torch_first", "first", "layers: 1"),
+                            ("torch_every", "all", "layers: all, 5 stacked in one pass")):
+        t_t = min(times[key])
+        rows += [
+            row(f"Whisper backend torch (float32), {label}, same batch and thread", "windows/s per core",
+                f"{batch / t_t:.1f} ({load_average()})", "-", None, throughput=batch / t_t),
+            row(f"Whisper backend torch / ctranslate2 int8 time ({label}; int8 encoder output for all)",
+                "time ratio", f"{t_t / min(times[ct2]):.2f}", "-", None),
+        ]
     return rows
 
 

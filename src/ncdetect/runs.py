@@ -41,16 +41,26 @@ def build_frontend(cfg: TrainConfig) -> nn.Module:
         raise ConfigError(f"frontend.kwargs: {err}") from None
 
 
-def build_model(cfg: TrainConfig, n_features: int) -> nn.Module:
-    """The configured model, freshly initialised."""
+def build_model(cfg: TrainConfig, n_features: int, frontend: nn.Module | None = None) -> nn.Module:
+    """The configured model, freshly initialised.
+
+    A front-end with a ``model_input()`` (the Whisper encoder with ``layers: all`` or ``finetune``) says
+    what the model sees per layer, how many layers it stacks, and which part of it the model trains; the
+    model then gets a learned layer weighting and that trainable part (:meth:`SpoofModel.attach_input`).
+    """
     from .models import create_model
 
+    side = frontend.model_input() if hasattr(frontend, "model_input") else None
+    if side is not None:
+        n_features = side.n_features
     try:
         model = create_model(
             cfg.model.name, n_features=n_features, embedding_dim=cfg.model.embedding_dim, **cfg.model.kwargs
         )
     except TypeError as err:
         raise ConfigError(f"model.kwargs for {cfg.model.name}: {err}") from None
+    if side is not None:
+        model.attach_input(side.encoder, side.layers)
     # Channels-last convolution weights: oneDNN's fastest CPU kernels (training 1.2-1.6x faster for the
     # ResNets and LCNN, benchmarks/bench_models.py) and cuDNN's tensor-core layout. Only the memory
     # layout changes; save_weights stores plain contiguous tensors, so the files do not depend on it.
@@ -224,7 +234,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     cfg = read_run_config(run_dir)
     device = resolve_device(device) if isinstance(device, str) else device
     frontend = build_frontend(cfg)
-    model = build_model(cfg, n_features=frontend.n_features)
+    model = build_model(cfg, frontend.n_features, frontend)
     load_weights(model, run_dir / MODEL_FILE, model_name=cfg.model.name)
     metrics: dict[str, Any] = {}
     metrics_path = run_dir / METRICS_FILE

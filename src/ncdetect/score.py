@@ -5,6 +5,9 @@ convention). Each utterance is scored on its first window, tile-padded when shor
 convention), the same window the dev EER is measured on during training. Runs that read stored features
 (``data.feature_cache``) can score from the feature store (``store``; the pipeline does), which holds that
 same window's features.
+
+The raw scores only: ``ncdetect score`` of a calibrated run adds its LLRs and probabilities through
+:func:`ncdetect.calibration.score_calibrated`.
 """
 
 from __future__ import annotations

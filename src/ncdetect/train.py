@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import NOT_RESULT_SETTINGS, TrainConfig
+from .config import NOT_RESULT_SETTINGS, OptimConfig, TrainConfig
 from .data.augment import RawBoostDataset, spec_augment
 from .data.loader import worker_init
 from .distributed import DistEnv, all_gather_list, all_reduce_sum, barrier, init_distributed
@@ -108,6 +108,28 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
         return lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (lr - min_lr)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run trains and how its learning rate moves: ``optim.steps`` optimiser steps when set,
+    else ``optim.epochs`` full epochs."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def epochs(self) -> int:
+        """Epochs started; the last one stops at ``total_steps``."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+def schedule(optim: OptimConfig, steps_per_epoch: int) -> Schedule:
+    total = optim.steps if optim.steps is not None else optim.epochs * steps_per_epoch
+    warmup = (optim.warmup_steps if optim.warmup_steps is not None
+              else round(optim.warmup_epochs * steps_per_epoch))
+    return Schedule(steps_per_epoch, total, warmup)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -354,6 +376,10 @@ class TrainContext:
     progress: bool
 
     @property
+    def schedule(self) -> Schedule:
+        return schedule(self.cfg.optim, self.steps_per_epoch)
+
+    @property
     def show_progress(self) -> bool:
         return self.env.is_main and self.progress
 
@@ -465,16 +491,7 @@ def build_context(
         ddp_model = DistributedDataParallel(  # DIST
             model, device_ids=[env.local_rank] if device.type == "cuda" else None
         )
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases, norms
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.optim.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.optim.lr, betas=cfg.optim.betas)
     amp_dtype = _amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if cfg.loss.balance == "weighted":  # w_c = N / (2 N_c): the expected weight per sample is 1
@@ -484,6 +501,35 @@ def build_context(
         class_weight = torch.ones(2, dtype=torch.float32, device=device)
     return TrainContext(cfg, env, device, frontend, model, ddp_model, opt, scaler, amp_dtype, class_weight,
                         steps_per_epoch, skip_bad, progress)
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only (not biases and norms); a fine-tuned front-end part
+    (``model.encoder``) gets groups of its own at ``optim.frontend_lr``."""
+    groups = []
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for is_frontend in (False, True):
+        params = [p for n, p in named if n.startswith("encoder.") == is_frontend]
+        if is_frontend and not params:
+            break
+        lr = (cfg.optim.frontend_lr or cfg.optim.lr) if is_frontend else cfg.optim.lr
+        extra = {"base_lr": lr} if is_frontend else {}
+        groups += [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay, **extra},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
+        ]
+    return groups
+
+
+def layer_weights(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
+    """The learned layer weighting of ``model`` (or of its weights ``state``): ``{"layers": [...],
+    "weights": [...]}`` (softmax, summing to 1); None when the model has none."""
+    mix = getattr(model, "layer_weights", None)
+    if mix is None:
+        return None
+    logits = state["layer_weights.logits"] if state is not None else mix.logits.detach()
+    weights = torch.softmax(logits.float().cpu(), dim=0)
+    return {"layers": list(mix.names), "weights": [round(float(w), 6) for w in weights]}
 
 
 def train_one_epoch(
@@ -498,8 +544,7 @@ def train_one_epoch(
 
     cfg, env, device, opt, scaler = ctx.cfg, ctx.env, ctx.device, ctx.opt, ctx.scaler
     accumulate, seed = cfg.optim.accumulate, cfg.train.seed
-    total_steps = cfg.optim.epochs * ctx.steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * ctx.steps_per_epoch)
+    sched = ctx.schedule
     min_lr = cfg.optim.lr * cfg.optim.min_lr_ratio
     train_ds.set_epoch(epoch)
     batches = epoch_batches(labels, epoch, seed, cfg.loss.balance, cfg.data.batch_size, env, accumulate)
@@ -514,16 +559,20 @@ def train_one_epoch(
     )
     ctx.ddp_model.train()
     sums = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, correct, samples
-    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{sched.epochs}", unit="batch",
                        enabled=ctx.show_progress)
     epoch_skipped: list[tuple[int, str]] = []
     for micro, batch in enumerate(bar):
         raise_or_skip(batch["errors"], ctx.skip_bad, epoch_skipped)
         a = micro % accumulate
         if a == 0:  # first micro-batch of an optimiser step
-            lr = lr_at(state.step, total_steps, warmup_steps, cfg.optim.lr, min_lr)
+            if state.step >= sched.total_steps:  # a step budget ends inside the last epoch
+                break
+            lr = lr_at(state.step, sched.total_steps, sched.warmup_steps, cfg.optim.lr, min_lr)
             for group in opt.param_groups:
-                group["lr"] = lr
+                base = group.get("base_lr", cfg.optim.lr)  # optim.frontend_lr for a fine-tuned encoder
+                group["lr"] = lr if base == cfg.optim.lr else lr_at(
+                    state.step, sched.total_steps, sched.warmup_steps, base, base * cfg.optim.min_lr_ratio)
             has_grad = False
         last_micro = a == accumulate - 1
         x = batch["features" if "features" in batch else "wave"]
@@ -658,7 +707,7 @@ def _epoch_message(record: dict[str, Any], seconds: float, epochs: int, marked: 
 
 def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict[str, Any]:
     cfg, dev_df, counts = ctx.cfg, data.dev_df, data.counts
-    stopped_early = bool(state.history) and state.history[-1]["epoch"] < cfg.optim.epochs
+    stopped_early = bool(state.history) and state.history[-1]["epoch"] < ctx.schedule.epochs
     return {
         "finished": True,
         "model": cfg.model.name,
@@ -668,6 +717,8 @@ def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict
         "dev_threshold_at_best": state.best["threshold"],
         "selected_by": "dev_eer" if (dev_df is not None and cfg.train.select_by == "dev_eer") else "last",
         "stopped_early": stopped_early,
+        "steps": state.step,
+        "steps_per_epoch": ctx.steps_per_epoch,
         "n_train": len(data.train_df),
         "n_train_bonafide": int(counts[1]),
         "n_train_spoof": int(counts[0]),
@@ -678,6 +729,7 @@ def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict
         "global_batch": cfg.data.batch_size * ctx.env.world * cfg.optim.accumulate,
         "device": str(ctx.device),
         "amp": str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype is not None else "off",
+        **({"layer_weights": mix} if (mix := layer_weights(ctx.model, state.best_state)) else {}),
     }
 
 
@@ -738,7 +790,7 @@ def train(
     # Everything that can be wrong with the inputs fails here, before the run folder is touched.
     data = read_train_data(train_manifest, dev_manifest)
     frontend = build_frontend(cfg).to(device)
-    model = build_model(cfg, frontend.n_features)
+    model = build_model(cfg, frontend.n_features, frontend)
     steps_per_epoch = _steps_per_epoch(cfg, env, len(data.train_df), train_manifest)
 
     finished = prepare_run_folder(out, env, resume, force)
@@ -752,13 +804,13 @@ def train(
     ctx = build_context(cfg, env, device, frontend, model, data, steps_per_epoch, skip_bad, progress)
     if checkpoint is not None:
         state = TrainState.from_checkpoint(checkpoint, model, ctx.opt, ctx.scaler)
-        log(f"resuming from epoch {state.epoch} of {cfg.optim.epochs} ({out / CHECKPOINT_DIR})")
+        log(f"resuming from epoch {state.epoch} of {ctx.schedule.epochs} ({out / CHECKPOINT_DIR})")
     else:
         state = TrainState()
         if env.is_main:
             log(_start_message(ctx, data))
 
-    for epoch in range(state.epoch, cfg.optim.epochs):
+    for epoch in range(state.epoch, ctx.schedule.epochs):
         if state.bad_epochs >= (cfg.train.patience or math.inf):
             log(f"early stop: no dev-EER improvement for {state.bad_epochs} epochs")
             break
@@ -774,7 +826,7 @@ def train(
         state.history.append(record)
         state.epoch = epoch + 1
         marked = state.best["epoch"] == epoch + 1 and dev_ds is not None
-        log(_epoch_message(record, seconds, cfg.optim.epochs, marked))
+        log(_epoch_message(record, seconds, ctx.schedule.epochs, marked))
         if env.is_main:
             save_checkpoint(out, *state.to_checkpoint(model, ctx.opt, ctx.scaler, cfg.to_dict()))
         barrier(env)

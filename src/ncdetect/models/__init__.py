@@ -7,12 +7,13 @@ builds any of them by name.
 from __future__ import annotations
 
 from . import attn_mlp, convnext, lcnn, resnet
-from .base import DropPath, SpoofModel, check_float, check_int, check_ints, stats_pool
+from .base import DropPath, LayerWeights, SpoofModel, check_float, check_int, check_ints, stats_pool
 from .registry import MODELS, create_model, list_models, model_options, register_model
 
 __all__ = [
     "MODELS",
     "DropPath",
+    "LayerWeights",
     "SpoofModel",
     "attn_mlp",
     "check_float",

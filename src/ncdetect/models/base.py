@@ -83,6 +83,31 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class LayerWeights(nn.Module):
+    """A learned softmax weighting of stacked encoder layers (SUPERB, Yang et al. 2021; SLS, Zhang et al.
+    2024): ``(B, 1, L * F, T)`` holding L layers of F features each -> ``(B, 1, F, T)``.
+
+    The weights start equal (zero logits), so training begins from the mean of the layers.
+    """
+
+    def __init__(self, n_layers: int, n_features: int, names: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.n_layers, self.n_features = check_int("layers", n_layers, 2), check_int("n_features", n_features)
+        self.names = list(names) if names is not None else list(range(n_layers))
+        self.logits = nn.Parameter(torch.zeros(n_layers))
+
+    def weights(self) -> Tensor:
+        return torch.softmax(self.logits.float(), dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        stacked = x.reshape(x.shape[0], self.n_layers, self.n_features, x.shape[-1])
+        w = self.weights().to(stacked.dtype).view(1, -1, 1, 1)
+        return (w * stacked).sum(dim=1, keepdim=True)
+
+    def extra_repr(self) -> str:
+        return f"layers={self.names}, n_features={self.n_features}"
+
+
 def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
@@ -123,6 +148,17 @@ class SpoofModel(nn.Module):
         )
         self.head = nn.Linear(embedding_dim, 2)
         self._embedding_dim = embedding_dim
+        # Set by attach_input: a trainable front part (a fine-tuned encoder) and a layer weighting.
+        self.encoder: nn.Module | None = None
+        self.layer_weights: LayerWeights | None = None
+
+    def attach_input(self, encoder: nn.Module | None = None, layers: Sequence[int] | None = None) -> None:
+        """Put ``encoder`` (the trainable part of a front-end, trained and saved with the model) before the
+        trunk, and with more than one stacked layer a :class:`LayerWeights` over them (named ``layers``)."""
+        if encoder is not None:
+            self.encoder = encoder
+        if layers is not None and len(layers) > 1:
+            self.layer_weights = LayerWeights(len(layers), self.n_features, layers)
 
     @staticmethod
     def _probe(trunk: nn.Module, n_features: int, frames: int) -> tuple[int, int]:
@@ -167,6 +203,10 @@ class SpoofModel(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """The penultimate embedding ``h(x)``: exactly the vector that enters ``self.head``."""
+        if self.encoder is not None:
+            x = self.encoder(x)
+        if self.layer_weights is not None:
+            x = self.layer_weights(x)
         self._check_input(x)
         return self.embedding(self.pool(self.trunk(x)))
 
