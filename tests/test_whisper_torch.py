@@ -208,6 +208,9 @@ def test_a_finetuned_run_holds_its_encoder_and_layer_weights(finetune_run):
 
     run = load_run(finetune_run)  # rebuilt from config.yaml and the weights: the fine-tuned encoder
     assert torch.equal(run.model.encoder.encoder.conv1.weight, saved["encoder.encoder.conv1.weight"])
+    # The feature store holds the frozen part only, the log-mel; the trained encoder runs at every step.
+    stored = list((finetune_run / "features").glob("whisper-*/float16/shards/*/w*.npy"))
+    assert stored and all(np.load(f, mmap_mode="r").shape[1] == 80 for f in stored)
 
 
 def test_finetuning_resumes_bit_for_bit(tmp_path, toy_manifest, monkeypatch):
@@ -275,8 +278,8 @@ def test_a_frozen_torch_backend_run_with_every_layer_exports(tmp_path, toy_manif
     cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", [*settings, "frontend.kwargs.layers=all",
                                                           "optim.epochs=1"])
     train(cfg, toy_manifest, tmp_path / "run", progress=False)
-    (cache,) = (tmp_path / "run" / "feature_cache").glob("*/features.npy")
-    assert np.load(cache, mmap_mode="r").shape[1] == 5 * 384  # the cache holds every layer, stacked
+    stored = list((tmp_path / "run" / "features").glob("whisper-*/float16/shards/*/w*.npy"))
+    assert stored and all(np.load(f, mmap_mode="r").shape[1] == 5 * 384 for f in stored)  # every layer
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["layer_weights"]["layers"] == [0, 1, 2,
                                                                                                     3, 4]
     _onnx_matches(tmp_path / "run", tmp_path / "frozen.onnx")

