@@ -66,7 +66,6 @@ def test_a_whisper_recipe_encodes_each_distinct_window_once(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_cache_dir_workers_and_threads_reuse_the_finished_stages(tmp_path):
     def stored(recipe: dict) -> None:
-        recipe["sampling"]["strategies"] = ["random"]
         recipe["compact"]["set"]["data.feature_cache"] = True
 
     path = _recipe_with(write_recipe(tmp_path / "data", rates=(0.5,), seeds=(0,)), stored)
