@@ -280,3 +280,19 @@ def test_a_frozen_torch_backend_run_with_every_layer_exports(tmp_path, toy_manif
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["layer_weights"]["layers"] == [0, 1, 2,
                                                                                                     3, 4]
     _onnx_matches(tmp_path / "run", tmp_path / "frozen.onnx")
+
+
+def test_the_encoder_and_the_layer_weights_get_their_own_learning_rates():
+    from ncdetect.train import _param_groups
+
+    cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", [
+        "frontend.kwargs.backend=torch", "frontend.kwargs.layers=[0,1]", "frontend.kwargs.finetune=1",
+        "optim.frontend_lr=0.0001", "optim.layer_weights_lr=0.05"])
+    _, model = _model(["frontend.kwargs.layers=[0,1]", "frontend.kwargs.finetune=1"])
+    groups = _param_groups(model, cfg)
+    ids = {id(p): g.get("base_lr") for g in groups for p in g["params"]}
+    assert ids[id(model.layer_weights.logits)] == 0.05
+    assert ids[id(model.encoder.encoder.conv1.weight)] == 0.0001
+    assert ids[id(model.head.weight)] is None  # the model's own groups follow optim.lr
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(ids) == trainable and len(ids) == sum(len(g["params"]) for g in groups)
