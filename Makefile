@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ncdetect-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast test-floors fuzz bench lint docs clean
+.PHONY: venv debian-deps demo demo-quick demo-next-steps test test-fast test-floors fuzz bench bench-full lint docs clean
 
 venv: $(STAMP)
 
@@ -59,8 +59,13 @@ fuzz: venv
 test-floors: venv
 	.ci/check-floors
 
+# `make bench` fits in 5 minutes on the project's 2-vCPU machine (benchmarks/RESULTS.md); `make bench-full`
+# adds the long rows (largest sizes, slow baselines) without a time budget (benchmarks/RESULTS-full.md).
 bench: venv debian-deps
 	$(BIN)/python benchmarks/run_all.py
+
+bench-full: venv debian-deps
+	$(BIN)/python benchmarks/run_all.py --full
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

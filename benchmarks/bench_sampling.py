@@ -1,4 +1,5 @@
-"""Sampling speed and memory: `nc` on 1M x 256 memory-mapped embeddings, greedy k-center, herding.
+"""Sampling speed and memory: `nc` on 1M x 256 memory-mapped embeddings, `ncdetect sample` against a numpy
+floor, greedy k-center, herding.
 
 * nc: ``STRATEGIES["nc"]`` (both classes, rate 0.1, utt_id tie-breaking) on a 1,000,000 x 256 float32
   ``.npy`` opened with ``np.load(mmap_mode="r")`` (1.02 GB, written to a temporary folder and deleted
@@ -6,10 +7,19 @@
   process's high-water mark (VmHWM, reset through /proc/self/clear_refs just before the call) minus its RSS
   before the call; it counts the memory-mapped file pages the call reads (at most 1x), so the algorithm's
   own allocations are reported separately as the tracemalloc peak (numpy reports its buffers to it).
-  The end-to-end `sample_folders` time (index.csv of 1M rows read, manifest written) is reported too,
-  without and with the coverage of the pool (shares kept, nearest-neighbour distances, NC1).
+* `ncdetect sample EMB --strategy nc --rate 0.1 --out M.csv` on the same array with a 1M-row index.csv
+  (100k bonafide, 900k spoof), as a fresh process (imports, reading and validating index.csv and the
+  array, the selection, the summary, writing the manifest), with the default ``--coverage estimate`` and
+  with ``--coverage off``, against the **numpy floor**: a fresh process that does the same job with
+  numpy and pandas alone and nothing else (pyarrow read of index.csv, class means and float64 distances
+  over the memory map in chunks, ``argpartition`` per class, ``to_csv`` of the kept rows; its kept set is
+  checked to equal the command's). The three run in turns, three times, and each figure is its best run
+  (other processes only ever add time). Targets: the command with coverage <= 1.5x the floor, and its
+  peak RSS (the child's ru_maxrss, mapped file pages included) <= 2x the array.
 * kcenter: ``STRATEGIES["kcenter"]`` choosing 10,000 of 100,000 x 256 (one class, rate 0.1). Target <= 60 s.
 * herding: ``STRATEGIES["herding"]`` choosing 1,000 of 100,000 x 256 (reported; it is O(k N D)).
+  `make bench` runs both at half those sizes (a quarter of the time; target 15 s), ``--full``
+  (`make bench-full`) at the sizes above.
 
 Every measurement runs in its own subprocess, so memory figures start clean. Embeddings are synthetic
 blobs (a mean per class and per attack, plus unit noise). Torch uses 1 thread by default (``--threads``):
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,6 +47,7 @@ from common import format_rows, row
 
 DIM = 256
 NC_ROWS, NC_TARGET_S, MEM_TARGET = 1_000_000, 3.0, 2.0
+FLOOR_TARGET, COMMAND_REPEATS = 1.5, 3
 KC_ROWS, KC_CENTRES, KC_TARGET_S = 100_000, 10_000, 60.0
 HERD_ROWS, HERD_PICKS = 100_000, 1_000
 
@@ -81,17 +93,26 @@ def _utt_ids(n: int) -> np.ndarray:
 # workers (each runs in a fresh interpreter)
 
 
+def _timed_child(argv: list[str]) -> dict:
+    """Wall time and peak RSS of one fresh process (this worker's only child)."""
+    import resource
+
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
+    return {"seconds": seconds, "peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+
+
 def _worker(task: dict) -> dict:
+    if task["kind"] == "timed":
+        return _timed_child(task["argv"])
+
     import torch
 
     torch.set_num_threads(task["threads"])
-    from ncdetect.collapse.sampling import STRATEGIES, sample_folders
-
-    if task["kind"] == "sample_folders":
-        start = time.perf_counter()
-        df = sample_folders([task["emb_dir"]], strategy="nc", rate=0.1, out=task["out"],
-                            coverage=task.get("coverage", True))
-        return {"seconds": time.perf_counter() - start, "selected": len(df)}
+    from ncdetect.collapse.sampling import STRATEGIES
 
     x = np.load(task["npy"], mmap_mode="r")
     labels = np.load(task["labels"])
@@ -154,28 +175,61 @@ def bench_nc(root: Path, n: int, threads: int, end_to_end: bool) -> list[dict]:
             f"{traced['traced_peak_bytes'] / array_bytes:.3f}x"),
     ]
     if end_to_end:
-        import pandas as pd
+        rows += bench_command(root, npy, labels, n)
+    return rows
 
-        emb = root / "emb"
-        emb.mkdir()
-        shutil.move(str(npy), emb / "embeddings.npy")
-        ids = _utt_ids(n)
-        index = dict(
-            utt_id=ids, path=[f"/data/{u}.flac" for u in ids],
-            label=np.where(labels == 1, "bonafide", "spoof"), dataset="bench",
-            attack=np.where(labels == 1, "-", "A01"), speaker="spk", score=0.0, source="bench",
-        )
-        pd.DataFrame(index).to_csv(emb / "index.csv", index=False)
-        del ids, index
-        task = dict(kind="sample_folders", emb_dir=str(emb), out=str(root / "picked.csv"), threads=threads)
-        for coverage, what in ((False, "select, write manifest"),
-                               (True, "select, coverage of the pool, write manifest and summary")):
-            e2e = _spawn({**task, "coverage": coverage})
-            rows.append(row(
-                f"ncdetect sample end to end, {n:,} x {DIM}",
-                f"seconds (load + validate index.csv and array, {what})",
-                f"{e2e['seconds']:.2f}", throughput=n / e2e["seconds"],
-            ))
+
+def bench_command(root: Path, npy: Path, labels: np.ndarray, n: int) -> list[dict]:
+    """`ncdetect sample` (coverage estimate and off) against the numpy floor, in turns, best of each."""
+    import pandas as pd
+
+    emb = root / "emb"
+    emb.mkdir()
+    shutil.move(str(npy), emb / "embeddings.npy")
+    ids = _utt_ids(n)
+    index = dict(
+        utt_id=ids, path=[f"/data/{u}.flac" for u in ids],
+        label=np.where(labels == 1, "bonafide", "spoof"), dataset="bench",
+        attack=np.where(labels == 1, "-", "A01"), speaker="spk", score=0.0, source="bench",
+    )
+    pd.DataFrame(index).to_csv(emb / "index.csv", index=False)
+    del ids, index
+    array_bytes = n * DIM * 4
+    command = [sys.executable, "-m", "ncdetect.cli", "sample", str(emb), "--strategy", "nc", "--rate", "0.1"]
+    argv = {
+        "floor": [sys.executable, str(Path(__file__).with_name("sampling_floor.py")), str(emb),
+                  str(root / "floor.csv")],
+        "estimate": [*command, "--out", str(root / "estimate.csv")],
+        "off": [*command, "--coverage", "off", "--out", str(root / "off.csv")],
+    }
+    _spawn({"kind": "timed", "argv": argv["off"]})  # page cache and bytecode warm
+    best: dict[str, dict] = {}
+    loads = []
+    for _ in range(COMMAND_REPEATS):
+        for name, args in argv.items():
+            res = _spawn({"kind": "timed", "argv": args})
+            if name not in best or res["seconds"] < best[name]["seconds"]:
+                best[name] = res
+        loads.append(os.getloadavg()[0])
+    same = set(pd.read_csv(root / "floor.csv")["utt_id"]) == set(pd.read_csv(root / "estimate.csv")["utt_id"])
+    floor = best["floor"]["seconds"]
+    load = f"load {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
+    what = f"ncdetect sample --strategy nc --rate 0.1, {n:,} x {DIM} (index.csv, manifest, summary)"
+    ratio = best["estimate"]["seconds"] / floor
+    rss = best["estimate"]["peak_kb"] * 1024 / array_bytes
+    rows = [
+        row(f"numpy floor of ncdetect sample, {n:,} x {DIM}",
+            f"seconds, fresh process (best of {COMMAND_REPEATS}; kept set equals the command's: "
+            f"{'yes' if same else 'NO'})", f"{floor:.2f}", "-", same or None),
+        row(what, f"seconds with --coverage estimate (default) / numpy floor ({load})",
+            f"{ratio:.2f}x ({best['estimate']['seconds']:.2f} s vs {floor:.2f} s)", f"<= {FLOOR_TARGET:g}x",
+            ratio <= FLOOR_TARGET, throughput=n / best["estimate"]["seconds"]),
+        row(what, "peak RSS with --coverage estimate / array size", f"{rss:.2f}x", f"<= {MEM_TARGET:g}x",
+            rss <= MEM_TARGET),
+        row(what, "seconds with --coverage off / numpy floor",
+            f"{best['off']['seconds'] / floor:.2f}x ({best['off']['seconds']:.2f} s; peak RSS "
+            f"{best['off']['peak_kb'] * 1024 / array_bytes:.2f}x the array)"),
+    ]
     return rows
 
 
@@ -194,15 +248,18 @@ def bench_greedy(root: Path, strategy: str, n: int, k: int, threads: int, target
     )
 
 
-def run(quick: bool = False, threads: int = 1) -> list[dict]:
-    """Benchmark rows (see common.row)."""
+def run(quick: bool = False, threads: int = 1, full: bool = False) -> list[dict]:
+    """Benchmark rows (see common.row). `make bench` runs k-center and herding at half their sizes
+    (their O(k N) cost a quarter), `make bench-full` (``full``) at the sizes of their targets."""
     scale = 10 if quick else 1
+    greedy = 1 if full or quick else 2
     root = Path(tempfile.mkdtemp(prefix="ncdetect-bench-sampling-"))
     try:
         rows = bench_nc(root, NC_ROWS // scale, threads, end_to_end=True)
-        rows.append(bench_greedy(root, "kcenter", KC_ROWS // scale, KC_CENTRES // scale, threads,
-                                 KC_TARGET_S / scale**2))
-        rows.append(bench_greedy(root, "herding", HERD_ROWS // scale, HERD_PICKS // scale, threads, None))
+        rows.append(bench_greedy(root, "kcenter", KC_ROWS // scale // greedy, KC_CENTRES // scale // greedy,
+                                 threads, KC_TARGET_S / (scale * greedy) ** 2))
+        rows.append(bench_greedy(root, "herding", HERD_ROWS // scale // greedy, HERD_PICKS // scale // greedy,
+                                 threads, None))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return rows
@@ -212,12 +269,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes / 10 (a smoke test)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the greedy baselines")
+    parser.add_argument("--full", action="store_true", help="k-center and herding at their full sizes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
-    print(format_rows(run(quick=args.quick, threads=args.threads)))
+    print(format_rows(run(quick=args.quick, threads=args.threads, full=args.full)))
     return 0
 
 

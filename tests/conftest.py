@@ -132,6 +132,19 @@ def run_dir(tmp_path_factory, toy_manifest, toy_dev_manifest) -> Path:
 
 
 @pytest.fixture(scope="session")
+def calibrated_run(tmp_path_factory, run_dir, toy_dev_manifest) -> Path:
+    """A copy of the tiny run, calibrated on the toy dev set (``run_dir`` itself stays uncalibrated)."""
+    import shutil
+
+    from ncdetect.calibration import calibrate_run
+
+    run = tmp_path_factory.mktemp("calibrated_run") / "run"
+    shutil.copytree(run_dir, run)
+    calibrate_run(run, toy_dev_manifest)
+    return run
+
+
+@pytest.fixture(scope="session")
 def toy_dev_manifest(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("toy_dev"), n_bonafide=8, n_spoof=16, seed=1, dataset="toydev")
 

@@ -148,7 +148,17 @@ def test_report_main_table_shows_the_numbers_of_results_json(first, results, fmt
             shown_mean, _ = _mean_std(cells[1 + i])
             assert abs(shown_mean - mean) <= 0.005 + 1e-9
         assert int(cells[1 + len(targets)]) == row["n_train"]
-        assert cells[2 + len(targets)] == f"{row['train_seconds']:.1f}"
+        assert int(cells[2 + len(targets)]) == row["steps"]
+        assert cells[3 + len(targets)] == f"{row['epochs']:g}"
+        assert cells[4 + len(targets)] == f"{row['train_seconds']:.1f}"
+        # then minDCF and actDCF (calibrated on the sources' dev sets) per target, to 3 decimals
+        for i, (target, metric) in enumerate((t, m) for t in targets for m in ("min_dcf", "act_dcf")):
+            mean, std = row[f"{metric}_{target}_mean"], row[f"{metric}_{target}_std"]
+            if mean is None:  # a seed's model left uncalibrated (its dev scores ran the wrong way)
+                assert metric == "act_dcf" and cells[5 + len(targets) + i] == "–", name
+                continue
+            assert cells[5 + len(targets) + i] == (f"{mean:.3f} ± {std:.3f}" if row["n_seeds"] > 1
+                                                   else f"{mean:.3f}"), name
     head = results["headline"]
     if head["per_rate"]:
         counts = head["verdicts"]

@@ -39,7 +39,7 @@ def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1), extra_strategies=(
              "set": {**TINY, "model.name": "tiny_resnet"}},
             {"name": "src_b", "train": str(src_b), "set": {**TINY, "model.name": "lcnn"}},
         ],
-        "targets": [{"name": "tgt", "data": str(target)}],
+        "targets": [{"name": "tgt", "data": str(target), "by": ["speaker"]}],
         "sampling": {"rates": list(rates), "strategies": ["nc", "random", *extra_strategies],
                      "fake_mode": "attack"},
         "compact": {"set": {**TINY, "model.name": "tiny_resnet"}},
@@ -49,6 +49,19 @@ def write_recipe(root: Path, rates=(0.25, 0.5), seeds=(0, 1), extra_strategies=(
     path = root / "recipe.yaml"
     path.write_text(json.dumps(recipe))  # JSON is YAML
     return path
+
+
+def results_runs(out: Path) -> dict:
+    """Each compact model's run folder and target scores file, by (selection, rate, seed), read back
+    from the output folder the way a user finds them."""
+    found = {}
+    for run in out.glob("compact/*/*"):
+        if (run / "model.safetensors").is_file():
+            name = run.name  # e.g. nc-r0.5-s1
+            strategy, rate, seed = name.rsplit("-r", 1)[0], *name.rsplit("-r", 1)[1].split("-s")
+            scores = next(out.glob(f"scores/{name}__tgt-*/scores.csv"))
+            found[(strategy, float(rate), int(seed))] = {"run": run, "scores_csv": scores}
+    return found
 
 
 @pytest.mark.slow
@@ -124,6 +137,39 @@ def test_run_end_to_end_and_cache(tmp_path):
     assert "What each selection kept (rate 0.5, seed 0)" in md
     assert f"{full['eer_tgt_mean']:.2f}" in md
     assert set(results["trivial_cues"]["tgt"]) == {"duration", "rms", "rolloff95", "leading_silence"}
+
+    # minDCF beside the EER; each compact model calibrated on the sources' dev sets (src_a/dev), its map
+    # in its run folder and its actDCF on the target that of those LLRs
+    from ncdetect.calibration import load_calibration
+    from ncdetect.evaluate import act_dcf, compute_eer, min_dcf, read_scores
+
+    for row in results["table"]:
+        assert 0 <= row["min_dcf_tgt_mean"] <= 1
+    calibrated = [r for r in results["runs"] if r["calibration"] is not None]
+    assert calibrated and all(r["calibration"]["dev"] == "src_a/dev" for r in calibrated)
+    by_key = {(r["strategy"], r["rate"], r["seed"]): r for r in results["runs"]}
+    for key, compact in sorted(results_runs(out).items()):
+        run = by_key[key]
+        if run["calibration"] is None:
+            assert load_calibration(compact["run"]) is None
+            continue
+        cal = load_calibration(compact["run"])
+        assert (cal.slope, cal.offset) == (run["calibration"]["slope"], run["calibration"]["offset"])
+        df = read_scores(compact["scores_csv"])
+        b, sp = (df.loc[df.label == lab, "score"].to_numpy() for lab in ("bonafide", "spoof"))
+        assert run["act_dcf"]["tgt"] == pytest.approx(act_dcf(cal.llr(b), cal.llr(sp))[0], abs=1e-12)
+        assert run["min_dcf"]["tgt"] == pytest.approx(min_dcf(b, sp)[0], abs=1e-12)
+    # per condition: the attack column and the recipe's `by: [speaker]`, spoofs against all bonafide
+    cond = on_disk["conditions"]["tgt"]
+    assert cond["columns"] == ["attack", "speaker"]
+    assert set(cond["tables"]["attack"]["full@1"]) == {"A01", "B01", "C01"}
+    full_run = next(r for r in results_runs(out).values() if "full-r1-s0" in str(r["run"]))
+    df = read_scores(full_run["scores_csv"])
+    bona = df.loc[df.label == "bonafide", "score"].to_numpy()
+    c01 = df.loc[df.attack == "C01", "score"].to_numpy()
+    assert cond["tables"]["attack"]["full@1"]["C01"]["eer"] == compute_eer(bona, c01)[0]
+    assert len(cond["tables"]["speaker"]["source src_a"]) == 4
+    assert "## Calibration" in md and "**tgt, by speaker**" in md and "actDCF tgt" in md
 
     # a rerun finds every stage complete and retrains nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
@@ -253,3 +299,45 @@ def test_the_embedding_figures_ring_the_headline_selection(tmp_path, monkeypatch
     ringed.clear()
     figures = _figures(exp, {**results, "headline": {"strategy": "kcenter"}})
     assert ringed == [None, None] and list(figures) == ["Embeddings of src_a", "Embeddings of src_b"]
+
+
+def test_a_step_budget_gives_every_compact_model_the_full_data_steps(tmp_path):
+    import yaml
+
+    def steps_budget(recipe: dict, **extra) -> None:
+        recipe["compact"].update({"budget": "steps", **extra})
+
+    path = _recipe_with(write_recipe(tmp_path / "data", rates=(0.25, 0.5), seeds=(0,)), steps_budget)
+    out = tmp_path / "out"
+    results = run_recipe(load_recipe(path), out, log=lambda m: None)
+    # the full data: 48 rows in batches of 8 for 2 epochs = 12 steps; nc and random at 0.25 have 12 rows
+    # (1 step an epoch) and at 0.5 24 rows (3 steps an epoch)
+    runs = {(r["strategy"], r["rate"]): r for r in results["runs"]}
+    assert {key: r["steps"] for key, r in runs.items()} == {key: 12 for key in runs}
+    assert {key: r["epochs"] for key, r in runs.items()} == {
+        ("full", 1.0): 2, ("nc", 0.5): 4, ("random", 0.5): 4, ("nc", 0.25): 12, ("random", 0.25): 12}
+    assert results["budget"] == {"kind": "steps", "max_epochs": None, "full_steps": 12}
+    assert all(r["steps"] == 12 for r in results["table"])
+
+    def config_of(name: str) -> dict:
+        return yaml.safe_load(next(out.glob(f"compact/{name}-*/{name}/config.yaml")).read_text())["optim"]
+
+    # the warm-up follows: one full-data epoch is 6 steps, for every rate
+    assert config_of("random-r0.25-s0")["warmup_steps"] == 6
+    assert config_of("full-r1-s0")["steps"] is None  # its own epochs are the budget
+    assert "Training budget **steps**: each compact model takes the full-data model's 12 optimiser steps" \
+        in (out / "report.md").read_text()
+
+    # a cap of 6 epochs: rate 0.25 stops at 6 steps with half the warm-up; rate 0.5 is under the cap, and
+    # its model (the same config) comes from the cache
+    before = {p: p.stat().st_mtime_ns for p in out.glob("compact/*-r0.5-s0-*/*/model.safetensors")}
+    capped = run_recipe(load_recipe(_recipe_with(path, lambda r: steps_budget(r, max_epochs=6))), out,
+                        log=lambda m: None)
+    runs = {(r["strategy"], r["rate"]): r for r in capped["runs"]}
+    assert {key: (r["steps"], r["epochs"]) for key, r in runs.items()} == {
+        ("full", 1.0): (12, 2), ("nc", 0.5): (12, 4), ("random", 0.5): (12, 4), ("nc", 0.25): (6, 6),
+        ("random", 0.25): (6, 6)}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("compact/*-r0.5-s0-*/*/model.safetensors")} == before
+    both = [yaml.safe_load(p.read_text())["optim"]
+            for p in out.glob("compact/random-r0.25-s0-*/*/config.yaml")]
+    assert sorted((c["steps"], c["warmup_steps"]) for c in both) == [(6, 3), (12, 6)]

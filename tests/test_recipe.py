@@ -123,6 +123,14 @@ def test_unknown_profile_and_var(tmp_path):
          r"recipe.yaml: sources\[0\] \(a\): .*epochs"),
         (("seeds: [0, 1]", "seeds: [0]\ncompact: {config: cfg.yaml, set: {model.name: resnet81}}"),
          r"recipe.yaml: compact: .*resnet81.*valid"),
+        (("seeds: [0, 1]", "seeds: [0]\ncompact: {budget: step}"),
+         r"recipe.yaml: compact.budget: Input should be 'epochs' or 'steps'"),
+        (("seeds: [0, 1]", "seeds: [0]\ncompact: {max_epochs: 40}"),
+         r"compact.max_epochs: caps the epochs of budget steps; this recipe's budget is 'epochs'"),
+        (("seeds: [0, 1]", "seeds: [0]\ncompact: {budget: steps, max_epochs: 0}"),
+         r"recipe.yaml: compact.max_epochs: Input should be greater than or equal to 1"),
+        (("seeds: [0, 1]", "seeds: [0]\ncompact: {budget: steps, set: {optim.steps: 100}}"),
+         r"recipe.yaml: compact: optim.steps is what budget steps sets for each compact model"),
         (("limit: 10}", "limit: 10, filter: \"attack in ['-', 'A01'\"}"),
          r"sources\[0\].dev.filter: .* does not parse"),
     ],
@@ -145,3 +153,18 @@ def test_variants_and_a_filter_with_backticks_load(tmp_path):
     assert variants == {"random": ("random", {"metric": "euclidean"}),
                         "nc": ("nc", {"metric": "euclidean", "fake_mode": "class"}),
                         "nc-attack": ("nc", {"fake_mode": "attack"})}
+
+
+def test_target_by_columns_are_checked_at_load(tmp_path):
+    manifest = tmp_path / "target.csv"
+    manifest.write_text("utt_id,path,label,dataset,attack,speaker,language\n"
+                        "u1,a.wav,bonafide,t,-,s1,en\nu2,b.wav,spoof,t,A1,s1,es\n")
+    text = RECIPE.replace("data: {corpus: in-the-wild, root: rel/itw}",
+                          f"data: {manifest}\n    by: [language]")
+    assert load_recipe(write(tmp_path, text)).targets[0].by == ["language"]
+    columns = r"\(its columns: utt_id, path, label, dataset, attack, speaker, language\)"
+    missing = r"targets\[0\].by: column 'channel' is not in .*target.csv "
+    with pytest.raises(ConfigError, match=missing + columns):
+        load_recipe(write(tmp_path, text.replace("by: [language]", "by: [language, channel]")))
+    with pytest.raises(ConfigError, match=r"targets\[0\].by: column 'language' is named twice"):
+        load_recipe(write(tmp_path, text.replace("by: [language]", "by: [language, language]")))

@@ -559,3 +559,125 @@ def test_cli_sample_new_options(tmp_path):
     assert res.exit_code == 2
     res = runner.invoke(app, ["sample", "--help"])
     assert "nc-kcenter" in res.output and "--cross-source" in res.output
+
+
+def brute_nn(x, query_rows, ref_rows, skip_self):
+    """The nearest ref row of every query row, from all float64 distances (skip_self: not the row itself)."""
+    q, r = x[query_rows].astype(np.float64), x[ref_rows].astype(np.float64)
+    d = np.linalg.norm(q[:, None] - r[None], axis=2)
+    if skip_self:
+        d[np.arange(query_rows.size), np.searchsorted(ref_rows, query_rows)] = np.inf
+    return d.min(axis=1)
+
+
+def test_coverage_estimate_interval_holds_the_exact_value():
+    # A pool small enough for both: 2,400 rows in 16-d, a quarter kept; the estimate draws 200 query rows
+    # per mean and class (seed 0), the exact computation queries every row.
+    x, y, _, _, _ = pool(2400, d=16, seed=30)
+    kept = np.sort(np.random.default_rng(31).choice(2400, 600, replace=False))
+    est, exact = space_coverage(x, y, kept), space_coverage(x, y, kept, mode="exact")
+    for c, name in ((0, "spoof"), (1, "bonafide")):
+        rows = np.flatnonzero(y == c)
+        k, others = np.intersect1d(rows, kept), np.setdiff1d(rows, kept)
+        truth = {"kept_nn": brute_nn(x, k, k, True).mean(),
+                 "pool_to_kept": brute_nn(x, others, k, False).sum() / rows.size}
+        e, t = est["per_class"][name], exact["per_class"][name]
+        assert (t["kept_nn_points"], t["pool_to_kept_points"]) == (k.size, others.size)
+        assert (e["kept_nn_points"], e["pool_to_kept_points"]) == (200, 200)
+        for fig in ("kept_nn", "pool_to_kept"):
+            assert t[fig] == pytest.approx(truth[fig], rel=1e-9)
+            assert t[f"{fig}_ci95"] == [t[fig], t[fig]]
+            low, high = e[f"{fig}_ci95"]
+            assert low < truth[fig] < high, (name, fig, low, truth[fig], high)
+            # The stated tolerance: the 95% interval is within 3% of the value either side here.
+            assert high - low < 0.06 * truth[fig]
+    assert exact["nc1_pool"] == pytest.approx(nc_metrics(x, y)["nc1"], rel=1e-9)
+    assert exact["nc1_pool_rows"] == 2400
+    small = space_coverage(x, y, kept, nc1_rows=1000)
+    assert small["nc1_pool_rows"] == 1000 and small["nc1_kept"] == pytest.approx(exact["nc1_kept"])
+
+
+def test_coverage_modes_in_the_summary_and_checked_early(tmp_path):
+    from ncdetect.collapse.sampling import check_options
+    from ncdetect.errors import ConfigError
+
+    x, y, ids, _, _ = pool(300, seed=32)
+    e = emb_folder(tmp_path / "e", x, y, ids, extra={"duration": np.linspace(1, 4, 300)})
+    est = sample_folders([e], rate=0.2).attrs["summary"]["coverage"]
+    assert (est["mode"], est["points"], est["confidence"]) == ("estimate", 200, 0.95)
+    exact = sample_folders([e], rate=0.2, coverage="exact").attrs["summary"]["coverage"]
+    assert exact["mode"] == "exact" and "points" not in exact
+    assert exact["spaces"][0]["per_class"]["spoof"]["kept_nn_points"] == round(0.2 * int((y == 0).sum()))
+    assert sample_folders([e], rate=0.2, coverage=True).attrs["summary"]["coverage"]["mode"] == "estimate"
+    assert "coverage" not in sample_folders([e], rate=0.2, coverage="off").attrs["summary"]
+    with pytest.raises(ConfigError, match="coverage must be one of estimate, exact, off"):
+        sample_folders([tmp_path / "missing"], rate=0.2, coverage="sometimes")
+    with pytest.raises(ConfigError, match="coverage must be one of"):
+        check_options("nc", 0.2, coverage="all")
+    check_options("nc", 0.2, coverage="exact")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_union_keys_match_pandas_on_string_pairs(seed):
+    """Keys' integer codes give pandas' duplicated(keep="first") and isin on (dataset, utt_id) pairs,
+    duplicates within and across pools and several datasets included."""
+    from ncdetect.collapse.sampling import Keys
+
+    rng = np.random.default_rng(seed)
+    indexes = [pd.DataFrame({"dataset": rng.choice(["a", "b"], n),
+                             "utt_id": [f"u{v}" for v in rng.integers(0, 40, n)]})
+               for n in (30, 25, 1 + seed)]
+    chosen = [np.sort(rng.choice(len(i), len(i) // 3, replace=False)) for i in indexes]
+    keys = Keys(indexes)
+    keys.choose(chosen)
+    union = pd.concat(indexes, ignore_index=True)
+    first = ~union.duplicated(["dataset", "utt_id"], keep="first")
+    assert keys.population(indexes).equals(union.loc[first].reset_index(drop=True))
+    picked = pd.concat([i.iloc[r] for i, r in zip(indexes, chosen, strict=True)], ignore_index=True)
+    assert (keys.chosen_first == ~picked.duplicated(["dataset", "utt_id"], keep="first").to_numpy()).all()
+    kept_keys = pd.MultiIndex.from_frame(picked)
+    pop = union.loc[first]
+    assert (keys.kept_in_population() == pd.MultiIndex.from_frame(pop).isin(kept_keys)).all()
+    for p, index in enumerate(indexes):
+        expect = np.flatnonzero(pd.MultiIndex.from_frame(index).isin(kept_keys))
+        assert keys.kept_rows(p).tolist() == expect.tolist()
+
+
+@pytest.mark.parametrize("dtype", ["object", "str"])
+def test_factorize_matches_pandas(dtype):
+    from ncdetect.collapse.sampling import _factorize
+
+    rng = np.random.default_rng(5)
+    values = pd.Series([f"u{v}" for v in rng.integers(0, 300, 2000)], dtype=dtype)
+    chunked = pd.concat([values[:700], values[700:]], ignore_index=True)  # Arrow-backed: two chunks
+    for column in (values, chunked):
+        codes, n = _factorize(column)
+        ref, uniques = pd.factorize(column)
+        assert codes.tolist() == ref.tolist() and n == len(uniques)
+
+
+def test_read_rows_equals_fancy_indexing(tmp_path):
+    from ncdetect.collapse.embeddings import read_rows
+
+    x = np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3)
+    np.save(tmp_path / "x.npy", x)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rng = np.random.default_rng(0)
+    for rows in (np.sort(rng.choice(1000, 77, replace=False)), rng.choice(1000, 50), np.arange(0),
+                 np.array([999]), np.arange(1000), np.array([3, 3, 64, 65, 999])):
+        got = read_rows(m, rows, chunk_rows=64)
+        assert type(got) is np.ndarray and got.shape == (rows.size, 3)
+        assert np.array_equal(got, x[rows])
+
+
+def test_sample_names_the_file_and_row_of_a_nan_in_any_view(tmp_path):
+    from ncdetect.errors import NcdetectError
+
+    x, y, ids, _, _ = pool(100, seed=40)
+    a = emb_folder(tmp_path / "a", x, y, ids, source="a")
+    bad = x.copy()
+    bad[57, 3] = np.nan
+    b = emb_folder(tmp_path / "b", bad, y, ids, source="b")
+    for folders, cross in (([b], False), ([a, b], True)):
+        with pytest.raises(NcdetectError, match=rf"b/embeddings.npy: row 57 \(utt_id {ids[57]}\) holds NaN"):
+            sample_folders(folders, rate=0.2, cross_source=cross)

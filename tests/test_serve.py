@@ -83,9 +83,10 @@ def test_detect_equals_the_cli_and_gives_window_scores(client, run_dir, clips):
     for path in clips.values():
         [cli] = detect([path], run_dir)
         got = served[path.name]
-        assert set(got) == {"path", "score", "probability", "label", "threshold", "duration_s", "windows"}
+        assert set(got) == {"path", "score", "probability", "label", "threshold", "duration_s", "windows",
+                            "calibrated", "llr", "prior_spoof"}
         assert got["score"] == pytest.approx(cli["score"], abs=1e-5)
-        assert got["probability"] == pytest.approx(cli["probability"], abs=1e-5)
+        assert got["probability"] is None and got["calibrated"] is False  # the run is uncalibrated
         assert got["label"] == cli["label"] and got["threshold"] == cli["threshold"] == 0.0
         assert got["duration_s"] == cli["seconds"]
         assert len(got["windows"]) == cli["windows"]
@@ -148,6 +149,7 @@ def test_model_health_and_docs(client, run_dir):
     assert info["parameters"] > 1000 and info["frontend"]["name"] == "logmel"
     assert info["sample_rate"] == 16000 and info["window_s"] == 1.0 and info["hop_s"] == 0.5
     assert info["threshold"] == 0.0
+    assert info["calibration"]["calibrated"] is False and info["calibration"]["prior_spoof"] is None
     assert info["trained_on"]["n_train"] == 36 and info["trained_on"]["n_train_bonafide"] == 12
     assert info["dev_eer"] is not None and 0 <= info["dev_eer"] <= 100
     assert client.get("/healthz").json()["status"] == "ok"

@@ -143,6 +143,8 @@ def test_upload_two_files_in_the_browser(server, model, two_files, browser_page,
     page, errors = browser_page
     page.goto(server + "/")
     expect(page.locator("#model")).to_contain_text(f"Model {model.name}: tiny_resnet")
+    if not (model / "calibration.json").is_file():
+        expect(page.locator("#calibration")).to_contain_text("Uncalibrated model")
 
     # Labelled controls, reachable by their names.
     picker = page.get_by_label("Choose files…")
@@ -160,7 +162,10 @@ def test_upload_two_files_in_the_browser(server, model, two_files, browser_page,
         expected = cli[path.name]
         assert cells[0] == path.name
         assert cells[1] == expected["label"]
-        assert float(cells[2]) == pytest.approx(expected["probability"], abs=1e-3)
+        if expected["probability"] is None:  # an uncalibrated run shows no probability
+            assert cells[2] == "uncalibrated"
+        else:
+            assert float(cells[2]) == pytest.approx(expected["probability"], abs=1e-3)
         assert float(cells[3]) == pytest.approx(expected["score"], abs=1e-3)
         assert float(cells[4]) == pytest.approx(expected["seconds"], abs=0.01)
         # The timeline has a point per window and the threshold line.
@@ -195,6 +200,27 @@ def test_upload_two_files_in_the_browser(server, model, two_files, browser_page,
     # Phone width: nothing wider than the screen but the table, which scrolls in its own box.
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert errors == []
+
+
+def test_a_calibrated_run_shows_its_probability_and_prior(calibrated_run, two_files, browser_page, tmp_path):
+    page, errors = browser_page
+    with _serve(calibrated_run, tmp_path / "serve.log") as url:
+        page.goto(url + "/")
+        expect(page.locator("#calibration")).to_contain_text("spoofed with prior probability 0.5")
+        # P(spoof) 0.5, C_fa 10, C_miss 1: the Bayes decision is bonafide above P(bonafide) = 10/11.
+        expect(page.locator("#calibration")).to_contain_text("bonafide when P(bonafide) > 0.909")
+        expect(page.locator("#probability-head")).to_have_text("P(bonafide) at P(spoof) 0.5")
+        page.get_by_label("Choose files…").set_input_files([str(p) for p in two_files])
+        expect(page.locator("#results tbody tr")).to_have_count(2, timeout=60_000)
+        cli = _cli_detect(calibrated_run, two_files)
+        rows = page.locator("#results tbody tr")
+        for i, path in enumerate(two_files):
+            cells = rows.nth(i).locator("td").all_inner_texts()
+            expected = cli[path.name]
+            assert expected["calibrated"] and expected["prior_spoof"] == 0.5
+            assert float(cells[2]) == pytest.approx(expected["probability"], abs=1e-3)
+            assert cells[1] == expected["label"]
     assert errors == []
 
 

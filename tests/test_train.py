@@ -19,7 +19,7 @@ from ncdetect.config import RawBoostConfig, SpecAugmentConfig, load_config
 from ncdetect.data.augment import rawboost, spec_augment
 from ncdetect.distributed import DistEnv
 from ncdetect.errors import ConfigError, NcdetectError
-from ncdetect.train import epoch_batches, lr_at, train
+from ncdetect.train import epoch_batches, lr_at, schedule, train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ncdetect"
 
@@ -188,6 +188,26 @@ def test_sampler_balances_the_classes():
     batches = epoch_batches(labels, 0, 0, "sampler", 50, DistEnv(), 1)
     drawn = labels[[i for b in batches for i in b]]
     assert 0.45 < drawn.mean() < 0.55  # about half bonafide, against 10% in the data
+
+
+def test_a_step_budget_cuts_the_last_epoch_short(tmp_path, toy_manifest):
+    # 36 clips in batches of 8: 4 steps per epoch, so 6 steps are one epoch and half of the next
+    metrics = train(fast_config("optim.steps=6", epochs=50), toy_manifest, tmp_path / "run", progress=False)
+    assert metrics["steps"] == 6 and metrics["steps_per_epoch"] == 4
+    assert [e["samples"] for e in metrics["epochs"]] == [32, 16]
+    assert metrics["stopped_early"] is False and metrics["best_epoch"] == 2
+    without = train(fast_config(epochs=2), toy_manifest, tmp_path / "epochs", progress=False)
+    assert without["steps"] == 8 and [e["samples"] for e in without["epochs"]] == [32, 32]
+
+
+def test_the_schedule_spans_the_step_budget():
+    from ncdetect.config import OptimConfig
+
+    by_epochs = schedule(OptimConfig(epochs=3, warmup_epochs=0.5), 10)
+    assert (by_epochs.total_steps, by_epochs.warmup_steps, by_epochs.epochs) == (30, 5, 3)
+    by_steps = schedule(OptimConfig(epochs=3, warmup_epochs=0.5, steps=120, warmup_steps=20), 10)
+    assert (by_steps.total_steps, by_steps.warmup_steps, by_steps.epochs) == (120, 20, 12)
+    assert schedule(OptimConfig(steps=121), 10).epochs == 13  # a partial last epoch is one more
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from . import __version__
+from .collapse import coverage as collapse_coverage
 from .collapse import frame as sampling_frame
 from .collapse.strategies import STRATEGIES
 from .data.corpora import ADAPTERS
@@ -175,6 +176,7 @@ RealMode = _choices("RealMode", sampling_frame.REAL_MODES)
 SampleOrder = _choices("SampleOrder", sampling_frame.ORDERS)
 CombineSpaces = _choices("CombineSpaces", sampling_frame.COMBINES)
 DistanceMetric = _choices("DistanceMetric", sampling_frame.METRICS)
+CoverageMode = _choices("CoverageMode", collapse_coverage.COVERAGE_MODES)
 
 
 class ProjectionMethod(str, Enum):
@@ -257,9 +259,13 @@ def sample_cmd(
         "ceil(factor * k) samples."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of random, kcenter, kmeans."),
-    no_coverage: bool = typer.Option(
-        False, "--no-coverage", help="Skip the coverage of the pool (shares kept, NN distances, NC1)."
+    coverage: CoverageMode = typer.Option(
+        collapse_coverage.DEFAULT_COVERAGE, "--coverage", help="Coverage of the pool in the summary (shares "
+        "kept, nearest-neighbour distances, NC1): estimate (nearest-neighbour means on "
+        f"{collapse_coverage.ESTIMATE_POINTS} seeded query rows per class, with 95% intervals), exact "
+        "(every row; O(pool x kept) distances), or off."
     ),
+    no_coverage: bool = typer.Option(False, "--no-coverage", help="The same as --coverage off."),
     out: Path = typer.Option(..., "--out", help="Manifest to write (.csv or .parquet); the summary goes "
                              "to <stem>.summary.json beside it."),
 ) -> None:
@@ -272,7 +278,8 @@ def sample_cmd(
         emb, strategy=strategy.value, rate=rate, real_rate=real_rate, fake_rate=fake_rate,
         fake_mode=fake_mode.value, metric=metric.value, seed=seed, out=out, progress=sys.stderr.isatty(),
         real_mode=real_mode.value, order=order.value, order_switch=order_switch, min_margin=min_margin,
-        pool_factor=pool_factor, cross_source=cross_source, combine=combine.value, coverage=not no_coverage,
+        pool_factor=pool_factor, cross_source=cross_source, combine=combine.value,
+        coverage="off" if no_coverage else coverage.value,
     )
     summary = df.attrs["summary"]
     for note in summary["notices"]:
@@ -314,16 +321,53 @@ def score_cmd(
     ),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:1, ..."),
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes."),
+    prior_spoof: float = typer.Option(
+        0.5, "--prior-spoof", help="Calibrated runs: the spoof prior of the probability column."
+    ),
 ) -> None:
     """Score a manifest: score = logit(bonafide) - logit(spoof), higher = more likely bonafide, on each
-    utterance's first window (tile-padded when shorter)."""
-    from .score import score_manifest
+    utterance's first window (tile-padded when shorter). A calibrated run adds llr (log-likelihood ratio)
+    and probability (P(bonafide) under --prior-spoof)."""
+    from .calibration import score_calibrated
 
-    df = score_manifest(
-        run, manifest, out, batch_size=batch_size, skip_bad=skip_bad, device=device,
-        num_workers=num_workers, progress=True,
+    df = score_calibrated(
+        run, manifest, out, prior_spoof=prior_spoof, batch_size=batch_size, skip_bad=skip_bad,
+        device=device, num_workers=num_workers, progress=True,
     )
     typer.echo(f"{out}: {len(df)} scores")
+
+
+# The decision options shared by detect and serve.
+THRESHOLD_OPTION = typer.Option(
+    "auto", "--threshold", help="Score above which a file is bonafide: auto (default: the Bayes threshold "
+    "of --cost-miss, --cost-fa and --prior-spoof for a calibrated run, 0 (the model's argmax) for an "
+    "uncalibrated one), bayes, dev-eer (the dev-EER threshold in the run's metrics.json) or a number.",
+)
+PRIOR_OPTION = typer.Option(
+    0.5, "--prior-spoof", help="Calibrated runs: the prior probability that a clip is spoofed, which the "
+    "probability and the Bayes threshold assume.",
+)
+COST_MISS_OPTION = typer.Option(1.0, "--cost-miss", help="Bayes threshold: the cost of rejecting bonafide.")
+COST_FA_OPTION = typer.Option(10.0, "--cost-fa", help="Bayes threshold: the cost of accepting a spoof.")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run: Path = typer.Argument(..., help="Run folder (from `ncdetect train`)."),
+    dev: Path = typer.Option(..., "--dev", help="Dev set to fit on: a manifest (scored with the run, the "
+                             "scores kept in RUN/calibration_scores.csv) or a scores CSV of this run."),
+    cost_miss: float = typer.Option(1.0, "--cost-miss", help="Cost of rejecting a bonafide trial."),
+    cost_fa: float = typer.Option(10.0, "--cost-fa", help="Cost of accepting a spoof trial."),
+    prior_spoof: float = typer.Option(0.05, "--prior-spoof", help="Prior probability of a spoof."),
+) -> None:
+    """Fit an affine map score -> log-likelihood ratio on a dev set (prior-weighted logistic regression,
+    weighted by the effective spoof prior of the costs and prior; defaults those of ASVspoof 5) and write
+    RUN/calibration.json. score, detect and serve then give llr and a probability."""
+    from .calibration import CALIBRATION_FILE, calibrate_run, format_calibration
+    from .evaluate import DcfCosts
+
+    cal = calibrate_run(run, dev, DcfCosts(cost_miss, cost_fa, prior_spoof))
+    typer.echo(format_calibration(cal, run / CALIBRATION_FILE))
 
 
 @app.command("detect")
@@ -336,22 +380,25 @@ def detect_cmd(
     hop_seconds: Optional[float] = typer.Option(  # noqa: UP045
         None, "--hop-seconds", help="Hop between windows of long files; default: half a window."
     ),
-    threshold: str = typer.Option(
-        "0", "--threshold", help="Score above which a file is bonafide: a number (default 0, the model's "
-        "argmax) or 'dev-eer' (the dev-EER threshold in the run's metrics.json).",
-    ),
+    threshold: str = THRESHOLD_OPTION,
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Windows per batch."),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, ..."),
+    prior_spoof: float = PRIOR_OPTION,
+    cost_miss: float = COST_MISS_OPTION,
+    cost_fa: float = COST_FA_OPTION,
 ) -> None:
-    """Print one JSON line per file: path, score (mean window logit difference), label, probability
-    (sigmoid of the score), threshold, windows, seconds. An unreadable file prints {"path", "error"} and
-    the rest go on; the exit status is then 1."""
+    """Print one JSON line per file: path, score (mean window logit difference), label, probability,
+    threshold, calibrated, llr, prior_spoof, windows, seconds. For a calibrated run (ncdetect calibrate)
+    llr is the score as a log-likelihood ratio and probability is P(bonafide) under --prior-spoof; an
+    uncalibrated run gives both as null. An unreadable file prints {"path", "error"} and the rest go on;
+    the exit status is then 1."""
     import json
 
     from .detect import detect
 
     failed = 0
-    for result in detect(inputs, model, window_seconds, hop_seconds, threshold, batch_size, device):
+    for result in detect(inputs, model, window_seconds, hop_seconds, threshold, batch_size, device,
+                         prior_spoof=prior_spoof, cost_miss=cost_miss, cost_fa=cost_fa):
         failed += "error" in result
         typer.echo(json.dumps(result))
     if failed:
@@ -465,17 +512,22 @@ def serve_cmd(
     api_key: Optional[str] = typer.Option(  # noqa: UP045 - typer needs Optional on 3.10
         None, "--api-key", envvar="NCDETECT_API_KEY", help="Require this key in the X-API-Key header on /v1."
     ),
-    threshold: str = typer.Option("0", "--threshold", help="A number or 'dev-eer', as for `detect`."),
+    threshold: str = THRESHOLD_OPTION,
     max_pending: int = typer.Option(
         16, "--max-pending", min=1, help="Requests scored at once or waiting; beyond: 503 with Retry-After."
     ),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, ..."),
+    prior_spoof: float = PRIOR_OPTION,
+    cost_miss: float = COST_MISS_OPTION,
+    cost_fa: float = COST_FA_OPTION,
 ) -> None:
     """Serve a web page (drop or record audio, see verdicts and per-window timelines) and an HTTP API
-    (POST /v1/detect, GET /v1/model, /healthz; OpenAPI docs at /docs)."""
+    (POST /v1/detect, GET /v1/model, /healthz; OpenAPI docs at /docs). A calibrated run's page shows
+    P(bonafide) and the prior it assumes; an uncalibrated run's page says it is uncalibrated."""
     from .serve import serve
 
-    serve(model, host, port, max_upload_mb, api_key, threshold, max_pending, device)
+    serve(model, host, port, max_upload_mb, api_key, threshold, max_pending, device,
+          prior_spoof=prior_spoof, cost_miss=cost_miss, cost_fa=cost_fa)
 
 
 @app.command("demo")

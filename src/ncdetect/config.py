@@ -44,10 +44,14 @@ class DataConfig(_Section):
 
 class OptimConfig(_Section):
     epochs: int = Field(20, ge=1)
+    # A budget in optimiser steps instead of epochs (a recipe's ``compact.budget: steps`` sets both): the
+    # run takes ceil(steps / steps per epoch) epochs, the last one cut short, and the schedule spans them.
+    steps: int | None = Field(None, ge=1, description="optimiser steps; null = epochs x steps per epoch")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = Field(1.0, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="warm-up in steps; null = warmup_epochs")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor as a fraction of lr")
     grad_clip: float | None = Field(5.0, gt=0)
     # Gradient accumulation: each optimiser step sums ``accumulate`` micro-batches, so the global batch is

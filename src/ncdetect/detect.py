@@ -7,11 +7,19 @@ probabilities, or a majority vote) averages the per-window log-odds: the combine
 the window scores logit(bonafide) - logit(spoof), i.e. the geometric mean of the windows' odds, which is
 what a naive-Bayes combination of independent windows gives up to a scale.
 
-Decision: ``label`` is ``bonafide`` when the score exceeds the threshold, by default 0, the model's own
-decision boundary (argmax of the logits, probability 0.5). ``--threshold dev-eer`` uses the dev-EER
-threshold stored in the run's metrics.json instead (the point where the dev false-accept and
-false-reject rates are equal; it depends on the dev set's attacks, hence not the default).
-``probability`` = sigmoid(score) = the softmax probability of bonafide for the averaged logits.
+Score, LLR, probability, decision. The score ranks clips but is not a probability: a network's logits
+are not calibrated. A run calibrated by ``ncdetect calibrate`` (``RUN/calibration.json``) maps the score
+to a log-likelihood ratio ``llr`` (how much likelier the audio is if bonafide than if spoofed), and with a
+stated prior P(spoof) (``--prior-spoof``, default 0.5) to ``probability`` = P(bonafide | audio). Its
+default threshold is the Bayes threshold of the stated costs (``--cost-miss``, ``--cost-fa``; defaults
+those of ASVspoof 5, 1 and 10) and prior: ``label`` is bonafide when the llr exceeds ln(C_fa P(spoof) /
+(C_miss (1 - P(spoof)))), i.e. when P(bonafide) > C_fa / (C_fa + C_miss). ``threshold`` is always given
+in score units (the score where that happens), so "score > threshold" is the rule in both cases.
+
+An uncalibrated run has ``calibrated: false``, ``llr`` and ``probability`` null (a sigmoid of its score
+is not the probability of anything) and the threshold 0, the model's own argmax; ``--threshold dev-eer``
+uses the dev-EER threshold stored in the run's metrics.json instead (it depends on the dev set's attacks,
+hence not the default). A number for ``--threshold`` is a score threshold for any run.
 
 A file that cannot be read yields ``{"path": ..., "error": ...}`` and the others go on; the command's
 exit status is then 1.
@@ -23,7 +31,6 @@ run's config travels in its metadata). ``ncdetect serve`` scores with the same :
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .calibration import Calibration, load_calibration, posterior_bonafide
 from .data.audio import SAMPLE_RATE
 from .errors import NcdetectError
 
@@ -70,10 +78,19 @@ def window_starts(length: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def resolve_threshold(threshold: float | str, metrics: dict[str, Any], run_dir: Path) -> float:
+def resolve_threshold(threshold: float | str, metrics: dict[str, Any], run_dir: Path,
+                      calibration: Calibration | None = None, bayes_llr: float | None = None) -> float:
+    """The score threshold: a number, 'dev-eer', or 'auto' / 'bayes' (the score whose LLR is the Bayes
+    threshold ``bayes_llr``; 'auto' is 0 for an uncalibrated run)."""
     if isinstance(threshold, (int, float)):
         return float(threshold)
     text = str(threshold).strip().lower()
+    if text in ("auto", "bayes"):
+        if calibration is not None and bayes_llr is not None:
+            return calibration.score_at(bayes_llr)
+        if text == "bayes":
+            raise NcdetectError(f"{run_dir}: --threshold bayes needs a calibrated run (ncdetect calibrate)")
+        return 0.0
     if text in ("dev-eer", "dev_eer", "eer"):
         value = metrics.get("dev_threshold_at_best")
         if value is None:
@@ -85,7 +102,9 @@ def resolve_threshold(threshold: float | str, metrics: dict[str, Any], run_dir: 
     try:
         return float(text)
     except ValueError:
-        raise NcdetectError(f"--threshold: expected a number or 'dev-eer', got {threshold!r}") from None
+        raise NcdetectError(
+            f"--threshold: expected a number, 'auto', 'bayes' or 'dev-eer', got {threshold!r}"
+        ) from None
 
 
 @dataclass
@@ -142,6 +161,7 @@ class TorchModel:
         self.run = load_run(run_dir, device)
         self.config = self.run.config
         self.metrics = self.run.metrics
+        self.calibration = load_calibration(run_dir)
         self.path = run_dir
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -184,6 +204,8 @@ class OnnxModel:
             )
         self.config = validate_config(json.loads(meta["ncdetect_config"]), str(path))
         self.metrics = json.loads(meta.get("ncdetect_metrics", "{}"))
+        raw = meta.get("ncdetect_calibration")
+        self.calibration = None if raw is None else Calibration.from_dict(json.loads(raw), path)
         self._parameters = int(meta.get("ncdetect_parameters", 0))
         self.path = path
 
@@ -213,12 +235,19 @@ class Detector:
         run_dir: str | Path,
         window_seconds: float | None = None,
         hop_seconds: float | None = None,
-        threshold: float | str = 0.0,
+        threshold: float | str = "auto",
         batch_size: int = 16,
         device: str = "auto",
         onnx_threads: int = 0,
+        prior_spoof: float = 0.5,
+        cost_miss: float = 1.0,
+        cost_fa: float = 10.0,
     ):
+        from .evaluate import DcfCosts
+
+        self.costs = DcfCosts(cost_miss, cost_fa, prior_spoof)
         self.model = load_model(run_dir, device, onnx_threads)
+        self.calibration = self.model.calibration
         sr = SAMPLE_RATE
         default_window = self.model.config.data.num_samples
         self.window = default_window if window_seconds is None else round(window_seconds * sr)
@@ -227,7 +256,11 @@ class Detector:
         self.hop = self.window // 2 if hop_seconds is None else round(hop_seconds * sr)
         if self.hop < 1:
             raise NcdetectError(f"--hop-seconds must be positive, got {hop_seconds}")
-        self.threshold = resolve_threshold(threshold, self.model.metrics, Path(run_dir))
+        self.threshold = resolve_threshold(threshold, self.model.metrics, Path(run_dir), self.calibration,
+                                           self.costs.bayes_threshold)
+        # The Bayes rule decides on the LLR itself, not on a score rounded back from it.
+        self.llr_threshold = (self.costs.bayes_threshold if self.calibration is not None
+                              and str(threshold).strip().lower() in ("auto", "bayes") else None)
         self.batch_size = max(1, int(batch_size))
 
     @property
@@ -252,13 +285,22 @@ class Detector:
         return score, len(windows.starts)
 
     def result(self, path: str, score: float) -> dict[str, Any]:
-        """The fields every front-end reports for a scored file."""
+        """The fields every front-end reports for a scored file (see the module docstring)."""
+        cal = self.calibration
+        llr = None if cal is None else float(cal.llr(score))
+        if llr is not None and self.llr_threshold is not None:
+            bonafide = llr > self.llr_threshold
+        else:
+            bonafide = score > self.threshold
         return {
             "path": path,
             "score": score,
-            "label": "bonafide" if score > self.threshold else "spoof",
-            "probability": _sigmoid(score),
+            "label": "bonafide" if bonafide else "spoof",
+            "probability": None if llr is None else posterior_bonafide(llr, self.costs.prior_spoof),
             "threshold": self.threshold,
+            "calibrated": cal is not None,
+            "llr": llr,
+            "prior_spoof": None if cal is None else self.costs.prior_spoof,
         }
 
     def detect_file(self, path: str | Path) -> dict[str, Any]:
@@ -274,22 +316,22 @@ class Detector:
         }
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
 def detect(
     inputs: Iterable[str | Path],
     run_dir: str | Path,
     window_seconds: float | None = None,
     hop_seconds: float | None = None,
-    threshold: float | str = 0.0,
+    threshold: float | str = "auto",
     batch_size: int = 16,
     device: str = "auto",
+    prior_spoof: float = 0.5,
+    cost_miss: float = 1.0,
+    cost_fa: float = 10.0,
 ) -> Iterator[dict[str, Any]]:
-    """One result per file: ``path, score, label, probability, threshold, windows, seconds`` or
-    ``path, error`` for a file that cannot be read (the others go on)."""
-    detector = Detector(run_dir, window_seconds, hop_seconds, threshold, batch_size, device)
+    """One result per file: ``path, score, label, probability, threshold, calibrated, llr, prior_spoof,
+    windows, seconds`` or ``path, error`` for a file that cannot be read (the others go on)."""
+    detector = Detector(run_dir, window_seconds, hop_seconds, threshold, batch_size, device,
+                        prior_spoof=prior_spoof, cost_miss=cost_miss, cost_fa=cost_fa)
     for path, error in iter_inputs(inputs):
         if error is not None:
             yield {"path": str(path), "error": error}

@@ -6,8 +6,9 @@ the statistics pooling follow the length). Outputs ``logits`` (batch, 2; 0 = spo
 caller's business (see ``ncdetect detect`` for the windowing we use).
 
 The file carries the run's resolved config, its metrics and the parameter count as ONNX metadata
-(``ncdetect_config``, ``ncdetect_metrics``, ``ncdetect_parameters``), so ``ncdetect detect`` and
-``ncdetect serve`` window and describe an ``.onnx`` file exactly as they do its run folder.
+(``ncdetect_config``, ``ncdetect_metrics``, ``ncdetect_parameters``) and, for a calibrated run, its
+score -> LLR map (``ncdetect_calibration``), so ``ncdetect detect`` and ``ncdetect serve`` window,
+calibrate and describe an ``.onnx`` file exactly as they do its run folder.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def _with_metadata(model: onnx.ModelProto, run: LoadedRun) -> onnx.ModelProto:
         "ncdetect_metrics": json.dumps({k: v for k, v in run.metrics.items() if k != "epochs"}),
         "ncdetect_parameters": str(sum(p.numel() for p in run.model.parameters())),
     }
+    from .calibration import load_calibration
+
+    calibration = load_calibration(run.path)
+    if calibration is not None:  # the score -> LLR map travels with the graph
+        entries["ncdetect_calibration"] = json.dumps(calibration.to_dict(), sort_keys=True)
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
     return model

@@ -8,7 +8,9 @@ Stages, in order:
   5. sample    - every strategy at every rate (and seed, for the seeded strategies)
   6. compact   - the compact model on every sampled set, and on 100% of the union (full-data baseline)
   7. evaluate  - score every model on the targets and the sources' dev sets
-  8. report    - report.md, report.html and results.json (the statistics: :mod:`ncdetect.results`)
+  8. calibrate - each compact model's score -> LLR map, fitted on the sources' pooled dev sets, and its
+                 actDCF on every target
+  9. report    - report.md, report.html and results.json (the statistics: :mod:`ncdetect.results`)
 
 Every stage writes into a folder named by a hash of its inputs and config, and marks it complete with a
 ``DONE`` file written last. A rerun skips complete stages; an interrupted training resumes from its last
@@ -29,7 +31,7 @@ import pandas as pd
 
 from .errors import NcdetectError
 from .fileio import ensure_writable_dir, write_json, write_yaml
-from .recipe import FULL, DataSpec, Recipe, SourceSpec, VariantSpec
+from .recipe import FULL, CompactSpec, DataSpec, Recipe, SourceSpec, VariantSpec
 from .runs import METRICS_FILE
 
 T = TypeVar("T")
@@ -103,11 +105,16 @@ class CompactRun:
     key: str
     n_train: int
     train_seconds: float
+    steps: int  # optimiser steps taken
+    epochs: int  # epochs started (with a step budget the last may be cut short)
     scores: dict[str, dict] = field(default_factory=dict)
+    # {"calibration": the dev-fitted map, "targets": {target: calibrated_metrics}} (filled by calibrate)
+    calibration: dict | None = None
 
     def summary(self) -> dict[str, Any]:
         """What results.json records of the training."""
-        return {"n_train": self.n_train, "train_seconds": self.train_seconds}
+        return {"n_train": self.n_train, "train_seconds": self.train_seconds, "steps": self.steps,
+                "epochs": self.epochs}
 
 
 @dataclass
@@ -395,20 +402,50 @@ def stage_sample(exp: Experiment) -> None:
 # --- 6. compact models ---------------------------------------------------------------------------
 
 
+def _step_budget(compact: CompactSpec, cfg, n_train: int, n_full: int) -> dict[str, int]:
+    """The ``optim`` settings that give a compact model of ``n_train`` rows the full-data model's optimiser
+    steps (at most ``max_epochs`` epochs of its own rows), with the full-data schedule's warm-up share;
+    empty where the config's own epochs already give that schedule (the full-data model itself)."""
+    from .train import schedule
+
+    batch = cfg.data.batch_size * cfg.optim.accumulate  # one process: the pipeline trains in-process
+    per_epoch, full_per_epoch = n_train // batch, n_full // batch
+    if compact.budget != "steps" or per_epoch == 0 or full_per_epoch == 0:
+        return {}  # too few rows for a batch: training itself says so
+    full = schedule(cfg.optim, full_per_epoch)
+    steps = full.total_steps
+    if compact.max_epochs is not None:
+        steps = min(steps, compact.max_epochs * per_epoch)
+    warmup = round(full.warmup_steps * steps / full.total_steps)
+    own = schedule(cfg.optim, per_epoch)
+    if (own.total_steps, own.warmup_steps) == (steps, warmup):
+        return {}
+    return {"optim.steps": steps, "optim.warmup_steps": warmup}
+
+
+def _rows(manifest: Path) -> int:
+    from .data.manifest import read_manifest
+
+    return len(read_manifest(manifest, resolve_paths=False))
+
+
 def stage_compact(exp: Experiment) -> None:
     compact = exp.recipe.compact
     variants = {v.name: v for v in exp.recipe.sampling.variants()}
     variants[FULL] = VariantSpec(name=FULL, strategy=FULL)
+    n_full = _rows(exp.samples[(FULL, 1.0, exp.recipe.seeds[0])])
     # Two selections can be the same rows (nc with order auto is nc below the switch rate): such a
     # training set is trained, and later scored, once.
     trained: dict[str, CompactRun] = {}
     for seed in exp.recipe.seeds:
-        cfg = _train_config(compact.config, compact.set, seed)
+        base = _train_config(compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
             if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
             name = _run_name(strategy, rate, seed)
+            budget = _step_budget(compact, base, _rows(manifest), n_full)
+            cfg = _train_config(compact.config, {**compact.set, **budget}, seed) if budget else base
             stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
                                                 "train": _file_digest(manifest)})
             if stage.key in trained:
@@ -421,7 +458,8 @@ def stage_compact(exp: Experiment) -> None:
                 metrics = _train(stage, cfg, manifest, None)
                 return CompactRun(name=name, run=stage.run_dir, key=stage.key,
                                   n_train=int(metrics["n_train"]),
-                                  train_seconds=float(stage.info()["train_seconds"]))
+                                  train_seconds=float(stage.info()["train_seconds"]),
+                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]))
 
             trained[stage.key] = exp.compact_runs[(strategy, rate, seed)] = exp.run_stage(
                 "compact", name, train_compact)
@@ -465,7 +503,49 @@ def stage_evaluate(exp: Experiment) -> None:
                     lambda c=compact, e=ev: _score(exp, c.name, c.run, c.key, e))
 
 
-# --- 8. results and report -----------------------------------------------------------------------
+# --- 8. calibrate --------------------------------------------------------------------------------
+
+
+def stage_calibrate(exp: Experiment) -> None:
+    """Each compact model's score -> LLR map, fitted on the pooled dev sets of the sources (its own run
+    folder gets calibration.json, so `detect` and `serve` give probabilities), and what that map does on
+    each target: actDCF against minDCF, the calibration loss under domain shift."""
+    from .calibration import CALIBRATION_FILE, calibrate_scores, calibrated_metrics
+    from .evaluate import read_scores
+
+    devs = [f"{s.name}/dev" for s in exp.recipe.sources if f"{s.name}/dev" in exp.manifests]
+    if not devs:
+        exp.log("[calibrate] no source has a dev set: the compact models stay uncalibrated")
+        return
+    targets = [t.name for t in exp.recipe.targets]
+    for compact in {c.key: c for c in exp.compact_runs.values()}.values():
+        stage = exp.stage("calibrate", compact.name, {"run": compact.key, "devs": devs, "targets": targets})
+
+        def fit(compact: CompactRun = compact, stage: Stage = stage) -> dict:
+            if not stage.done:
+                scores = {ev: read_scores(compact.scores[ev]["scores_csv"]) for ev in [*devs, *targets]}
+                try:
+                    cal = calibrate_scores(pd.concat([scores[d] for d in devs], ignore_index=True),
+                                           " + ".join(devs))
+                except NcdetectError as err:  # e.g. a model whose dev scores run the wrong way
+                    data: dict = {"calibration": None, "error": str(err), "targets": {}}
+                else:
+                    data = {"calibration": cal.to_dict(),
+                            "targets": {t: calibrated_metrics(cal, scores[t]) for t in targets}}
+                write_json(stage.dir / "calibration.json", data)
+                stage.finish()
+            data = json.loads((stage.dir / "calibration.json").read_text())
+            if data["calibration"] is None:
+                exp.log(f"[calibrate] {compact.name}: left uncalibrated: {data['error']}")
+                (compact.run / CALIBRATION_FILE).unlink(missing_ok=True)
+            else:
+                write_json(compact.run / CALIBRATION_FILE, data["calibration"])
+            return data
+
+        compact.calibration = exp.run_stage("calibrate", compact.name, fit)
+
+
+# --- 9. results and report -----------------------------------------------------------------------
 
 
 def stage_report(exp: Experiment) -> dict:
@@ -534,7 +614,7 @@ def _det_systems(exp: Experiment, results: dict, target: str) -> dict[str, Path]
 # --- entry points --------------------------------------------------------------------------------
 
 STAGES = [stage_prepare, stage_sources, stage_embed_and_collapse, stage_sample, stage_compact,
-          stage_evaluate, stage_report]
+          stage_evaluate, stage_calibrate, stage_report]
 
 
 def run_recipe(recipe: Recipe, out: str | Path, log: Callable[[str], None] = print,

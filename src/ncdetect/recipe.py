@@ -12,7 +12,7 @@ import ast
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,6 +63,8 @@ class SourceSpec(_Strict):
 class TargetSpec(_Strict):
     name: str
     data: DataSpec
+    by: list[str] = Field(default_factory=list, description="manifest columns the report gives EER and "
+                          "minDCF per value of (the attack column always), e.g. [language, channel]")
 
     _coerce = field_validator("data", mode="before")(_as_data_spec)
 
@@ -109,6 +111,13 @@ class SamplingSpec(_Strict):
 class CompactSpec(_Strict):
     config: Path | None = None
     set: dict[str, Any] = Field(default_factory=dict)
+    # epochs: every compact model trains the config's epochs over its own rows, so a smaller set also gets
+    # fewer optimiser steps (the "less compute" comparison). steps: each trains for the optimiser steps of
+    # the full-data model under the same config (epochs scaled by about 1 / rate, warm-up and cosine decay
+    # stretched with them), so only the data differs.
+    budget: Literal["epochs", "steps"] = Field(
+        "epochs", description="epochs: the config's epochs on each selection; steps: the full-data steps")
+    max_epochs: int | None = Field(None, ge=1, description="with budget steps: at most this many epochs")
 
 
 class ReportSpec(_Strict):
@@ -243,7 +252,23 @@ def check_recipe(recipe: Recipe, path: str | Path = "<recipe>") -> None:
             _check_filter(spec, f"{path}: sources[{i}].{key}.filter")
     for i, tgt in enumerate(recipe.targets):
         _check_filter(tgt.data, f"{path}: targets[{i}].data.filter")
+        _check_by(tgt, f"{path}: targets[{i}].by")
     _check_config(recipe.compact.config, recipe.compact.set, f"{path}: compact")
+    _check_budget(recipe.compact, f"{path}: compact")
+
+
+def _check_budget(compact: CompactSpec, where: str) -> None:
+    if compact.max_epochs is not None and compact.budget != "steps":
+        raise ConfigError(f"{where}.max_epochs: caps the epochs of budget steps; this recipe's budget is "
+                          f"{compact.budget!r} (set compact.budget: steps, or remove max_epochs)")
+    if compact.budget == "steps":
+        from .config import load_config
+
+        optim = load_config(compact.config, values=compact.set).optim
+        taken = [k for k in ("steps", "warmup_steps") if getattr(optim, k) is not None]
+        if taken:
+            raise ConfigError(f"{where}: optim.{taken[0]} is what budget steps sets for each compact model; "
+                              "remove it from the compact config and set (or use budget: epochs)")
 
 
 def _check_sampling(recipe: Recipe, path: str | Path) -> None:
@@ -289,6 +314,24 @@ def _check_config(config: Path | None, overrides: dict[str, Any], where: str) ->
         load_config(config, values=overrides)  # as the pipeline applies a source's `set:`
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_by(target: TargetSpec, where: str) -> None:
+    """The ``by`` columns of a target given as a manifest on disk must be columns of it (a corpus to
+    prepare is checked once it is prepared, by the report's per-condition tables)."""
+    dupes = sorted({c for c in target.by if target.by.count(c) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: column {dupes[0]!r} is named twice")
+    manifest = target.data.manifest
+    if not target.by or manifest is None or not Path(manifest).is_file():
+        return
+    from .data.manifest import read_manifest
+
+    columns = list(read_manifest(manifest, resolve_paths=False).columns)
+    for column in target.by:
+        if column not in columns:
+            raise ConfigError(f"{where}: column {column!r} is not in {manifest} (its columns: "
+                              f"{', '.join(columns)})")
 
 
 def _check_filter(spec: DataSpec | None, where: str) -> None:

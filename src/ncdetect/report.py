@@ -91,6 +91,12 @@ def _pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
+def _pm3(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 and std is not None else f"{mean:.3f}"
+
+
 def _row_name(row: dict) -> str:
     return "full data" if row["strategy"] == "full" else f"{row['strategy']}@{row['rate']:g}"
 
@@ -115,14 +121,23 @@ def build_blocks(results: dict) -> list[Block]:
                      for v in named.values()]
         blocks.append("Selections with options: " + "; ".join(
             f"`{name}` = {text}" for name, text in zip(named, described, strict=True)) + ".")
-    header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "train time (s)"]
+    blocks.append(_budget_line(results))
+    blocks.append("minDCF and actDCF: the ASVspoof 5 detection costs (C_miss 1, C_fa 10, P(spoof) 0.05; "
+                  "0 is perfect, 1 no better than a fixed decision); actDCF after calibrating the model on "
+                  "the sources' dev sets (see Calibration).")
+    header = ["training set", *[f"EER {t} (%)" for t in targets], "train size", "steps", "epochs",
+              "train time (s)", *[f"{m} {t}" for t in targets for m in ("minDCF", "actDCF")]]
     rows = [[_row_name(r), *[_pm(r[f"eer_{t}_mean"], r[f"eer_{t}_std"], r["n_seeds"]) for t in targets],
-             str(r["n_train"]), f"{r['train_seconds']:.1f}"] for r in results["table"]]
+             str(r["n_train"]), str(r["steps"]), f"{r['epochs']:g}", f"{r['train_seconds']:.1f}",
+             *[_pm3(r.get(f"{m}_{t}_mean"), r.get(f"{m}_{t}_std"), r["n_seeds"])
+               for t in targets for m in ("min_dcf", "act_dcf")]] for r in results["table"]]
     blocks.append(Table(header, rows))
     for caption, path in results["figures"].items():
         if caption.startswith("EER versus"):
             blocks.append(Figure(caption, Path(path)))
     blocks += _comparison_blocks(results)
+    blocks += _calibration_blocks(results)
+    blocks += _condition_blocks(results)
     blocks += _coverage_blocks(results)
 
     blocks.append("## Datasets")
@@ -162,6 +177,18 @@ def build_blocks(results: dict) -> list[Block]:
             cue_rows.append([target, feature, f"{eer:.2f}", verdict])
     blocks.append(Table(["target", "feature", "EER (%)", f">= {TRIVIAL_CUE_FLOOR:.0f}%"], cue_rows))
     return blocks
+
+
+def _budget_line(results: dict) -> str:
+    budget = results["budget"]
+    if budget["kind"] == "steps":
+        cap = ("" if budget["max_epochs"] is None
+               else f", or {budget['max_epochs']} epochs of its own rows where those are fewer")
+        return (f"Training budget **steps**: each compact model takes the full-data model's "
+                f"{budget['full_steps']} optimiser steps{cap} (its epochs scaled by about 1 / rate, warm-up "
+                "and decay with them), so the selections differ in data, not in training.")
+    return ("Training budget **epochs**: every compact model trains the config's epochs over its own rows, "
+            "so a smaller selection also takes fewer optimiser steps (less data and less compute).")
 
 
 def _fmt(x) -> str:
@@ -234,6 +261,59 @@ def _comparison_blocks(results: dict) -> list[Block]:
                       "width in log10 rate; lower is better): " +
                       ", ".join(f"{name} {value:.2f}" for name, value in sorted(area.items(),
                                                                                key=lambda kv: kv[1])) + ".")
+    return blocks
+
+
+def _calibration_blocks(results: dict) -> list[Block]:
+    """How far each compact model's decisions are from its best threshold once calibrated on the
+    sources' dev sets: the calibration loss that the shift from dev to target leaves."""
+    if not any(r.get(f"act_dcf_{t}_mean") is not None for r in results["table"] for t in results["targets"]):
+        return []
+    rows_by_target = {t: results["table"] for t in results["targets"]}
+    blocks: list[Block] = ["## Calibration"]
+    blocks.append("Each compact model maps its scores to log-likelihood ratios with an affine map fitted on "
+                  "the sources' dev sets (prior-weighted logistic regression) and decides at the Bayes "
+                  "threshold. actDCF − minDCF is what those decisions lose against the best threshold "
+                  "chosen on the target itself: near 0 when the dev sets are like the target, larger under "
+                  "domain shift. Uncalibrated: the raw scores taken as LLRs. Cllr in bits, means over seeds.")
+    skipped = [f"{_row_name(r)} seed {r['seed']}" for r in results.get("runs", [])
+               if r.get("calibration_error")]
+    if skipped:
+        blocks.append("Left uncalibrated (e.g. dev scores that run the wrong way; the reason is in "
+                      "results.json, `runs[].calibration_error`), so their rows show no actDCF: "
+                      + ", ".join(skipped) + ".")
+    for target, rows in rows_by_target.items():
+        blocks.append(Table(
+            ["training set", f"minDCF {target}", "actDCF", "actDCF − minDCF", "actDCF uncalibrated", "Cllr",
+             "min Cllr"],
+            [[_row_name(r), *[_fmt3(r.get(f"{k}_{target}_mean")) for k in (
+                "min_dcf", "act_dcf", "act_dcf_gap", "act_dcf_raw", "cllr", "min_cllr")]] for r in rows]))
+    return blocks
+
+
+def _fmt3(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _condition_blocks(results: dict) -> list[Block]:
+    """EER and minDCF per value of the target's attack column and the recipe's ``by`` columns."""
+    blocks: list[Block] = []
+    for target, cond in (results.get("conditions") or {}).items():
+        for column in cond["columns"]:
+            tables = cond["tables"][column]
+            if not tables:
+                continue
+            if not blocks:
+                blocks.append("## Per condition")
+                blocks.append("EER (%) / minDCF of each value's spoofs against all bonafide trials of the "
+                              f"target (seed {cond['seed']}); the count is the value's spoof trials.")
+            systems = list(tables)
+            values = list(next(iter(tables.values())))
+            rows = [[v, str(tables[systems[0]][v]["n_spoof"]),
+                     *[f"{tables[s][v]['eer']:.2f} / {tables[s][v]['min_dcf']:.3f}" for s in systems]]
+                    for v in values]
+            blocks.append(f"**{target}, by {column}**")
+            blocks.append(Table([column, "spoofs", *systems], rows))
     return blocks
 
 

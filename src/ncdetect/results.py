@@ -41,6 +41,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def _mean_std_known(values: list[float | None]) -> tuple[float | None, float | None]:
+    """:func:`_mean_std`, or (None, None) when a seed lacks the value (an uncalibrated model)."""
+    return (None, None) if any(v is None for v in values) else _mean_std(values)  # type: ignore[arg-type]
+
+
+def _calibrated(compact: Any, target: str, key: str) -> float | None:
+    return ((compact.calibration or {}).get("targets") or {}).get(target, {}).get(key)
+
+
 def collect_results(exp: Experiment) -> dict:
     """Everything the report shows, as one JSON-serialisable dict."""
     recipe = exp.recipe
@@ -70,9 +79,16 @@ def collect_results(exp: Experiment) -> dict:
             "collapse": exp.collapse[src.name],
         }
     for (strategy, rate, seed), compact in sorted(exp.compact_runs.items(), key=lambda kv: kv[0]):
+        cal = (compact.calibration or {}).get("calibration")
         results["runs"].append({
             "strategy": strategy, "rate": rate, "seed": seed, **compact.summary(),
             "eer": {ev: score["eer"] for ev, score in compact.scores.items()},
+            "min_dcf": {ev: score.get("min_dcf") for ev, score in compact.scores.items()},
+            # actDCF of the LLRs that the map fitted on the sources' dev sets gives on each target
+            "act_dcf": {t: _calibrated(compact, t, "act_dcf") for t in targets},
+            "calibration": None if cal is None else {k: cal[k] for k in ("slope", "offset", "dev")},
+            "calibration_targets": (compact.calibration or {}).get("targets") or {},
+            "calibration_error": (compact.calibration or {}).get("error"),
         })
     rows: dict[tuple[str, float], list[dict]] = {}
     for run in results["runs"]:
@@ -82,14 +98,57 @@ def collect_results(exp: Experiment) -> dict:
         row: dict[str, Any] = {"strategy": strategy, "rate": rate, "n_seeds": len(runs)}
         for t in targets:
             row[f"eer_{t}_mean"], row[f"eer_{t}_std"] = _mean_std([r["eer"][t] for r in runs])
+            for metric in ("min_dcf", "act_dcf"):
+                row[f"{metric}_{t}_mean"], row[f"{metric}_{t}_std"] = _mean_std_known(
+                    [r[metric][t] for r in runs])
+            for key in ("act_dcf_gap", "act_dcf_raw", "cllr", "min_cllr"):
+                row[f"{key}_{t}_mean"], _ = _mean_std_known(
+                    [r["calibration_targets"].get(t, {}).get(key) for r in runs])
         row["n_train"] = int(np.mean([r["n_train"] for r in runs]))
         row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
+        row["steps"] = int(np.mean([r["steps"] for r in runs]))
+        row["epochs"] = float(np.mean([r["epochs"] for r in runs]))
         results["table"].append(row)
+    results["budget"] = _budget(recipe, results["runs"])
+    results["conditions"] = _conditions(exp, results)
     results["coverage"] = _coverage_at_middle_rate(exp, results)
     results["comparisons"] = _comparisons(exp, results)
     results["choice"] = _choose_on_validation(results)
     results["headline"] = _headline(results, recipe.sampling.headline)
     return results
+
+
+def _budget(recipe, runs: list[dict]) -> dict:
+    """How long each compact model trained: the recipe's budget and the full-data model's steps."""
+    full = [r["steps"] for r in runs if r["strategy"] == FULL]
+    return {"kind": recipe.compact.budget, "max_epochs": recipe.compact.max_epochs,
+            "full_steps": full[0] if full else None}
+
+
+def _conditions(exp: Experiment, results: dict) -> dict:
+    """EER, minDCF and counts per value of the target's attack column and of each column the recipe names
+    (``targets[].by``), each value's spoofs against all bonafide trials, for the source models, full-data
+    training and the headline selection at the middle rate (first seed)."""
+    from .evaluate import attach_columns, metrics_by, read_scores
+
+    seed = exp.recipe.seeds[0]
+    rate = sorted(results["rates"])[len(results["rates"]) // 2]
+    out: dict[str, Any] = {}
+    for tgt in exp.recipe.targets:
+        columns = list(dict.fromkeys(["attack", *tgt.by]))
+        systems = {f"source {s.name}": exp.scores[(s.name, tgt.name)]["scores_csv"]
+                   for s in exp.recipe.sources}
+        for strategy, r in ((FULL, 1.0), (exp.recipe.sampling.headline, rate)):
+            compact = exp.compact_runs.get((strategy, r, seed))
+            if compact is not None and tgt.name in compact.scores:
+                systems[f"{strategy}@{r:g}"] = compact.scores[tgt.name]["scores_csv"]
+        tables: dict[str, dict] = {c: {} for c in columns}
+        for name, path in systems.items():
+            df = attach_columns(read_scores(path), columns, exp.manifests[tgt.name], path)
+            for column in columns:
+                tables[column][name] = metrics_by(df, column)["values"]
+        out[tgt.name] = {"seed": seed, "columns": columns, "tables": tables}
+    return out
 
 
 def _seed_scores(exp: Experiment, strategy: str, rate: float, target: str) -> pd.DataFrame:

@@ -3,6 +3,9 @@
 score = logit(bonafide) - logit(spoof), so a higher score means more likely bonafide (the ASVspoof
 convention). Each utterance is scored on its first window, tile-padded when shorter (the AASIST
 convention), the same window the dev EER is measured on during training.
+
+The raw scores only: ``ncdetect score`` of a calibrated run adds its LLRs and probabilities through
+:func:`ncdetect.calibration.score_calibrated`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import TrainConfig
+from .config import OptimConfig, TrainConfig
 from .data.augment import RawBoostDataset, spec_augment
 from .data.loader import worker_init
 from .distributed import DistEnv, all_gather_list, all_reduce_sum, barrier, init_distributed
@@ -108,6 +108,28 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
         return lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (lr - min_lr)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run trains and how its learning rate moves: ``optim.steps`` optimiser steps when set,
+    else ``optim.epochs`` full epochs."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def epochs(self) -> int:
+        """Epochs started; the last one stops at ``total_steps``."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+def schedule(optim: OptimConfig, steps_per_epoch: int) -> Schedule:
+    total = optim.steps if optim.steps is not None else optim.epochs * steps_per_epoch
+    warmup = (optim.warmup_steps if optim.warmup_steps is not None
+              else round(optim.warmup_epochs * steps_per_epoch))
+    return Schedule(steps_per_epoch, total, warmup)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -354,6 +376,10 @@ class TrainContext:
     progress: bool
 
     @property
+    def schedule(self) -> Schedule:
+        return schedule(self.cfg.optim, self.steps_per_epoch)
+
+    @property
     def show_progress(self) -> bool:
         return self.env.is_main and self.progress
 
@@ -518,8 +544,7 @@ def train_one_epoch(
 
     cfg, env, device, opt, scaler = ctx.cfg, ctx.env, ctx.device, ctx.opt, ctx.scaler
     accumulate, seed = cfg.optim.accumulate, cfg.train.seed
-    total_steps = cfg.optim.epochs * ctx.steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * ctx.steps_per_epoch)
+    sched = ctx.schedule
     min_lr = cfg.optim.lr * cfg.optim.min_lr_ratio
     train_ds.set_epoch(epoch)
     batches = epoch_batches(labels, epoch, seed, cfg.loss.balance, cfg.data.batch_size, env, accumulate)
@@ -534,18 +559,20 @@ def train_one_epoch(
     )
     ctx.ddp_model.train()
     sums = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, correct, samples
-    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{sched.epochs}", unit="batch",
                        enabled=ctx.show_progress)
     epoch_skipped: list[tuple[int, str]] = []
     for micro, batch in enumerate(bar):
         raise_or_skip(batch["errors"], ctx.skip_bad, epoch_skipped)
         a = micro % accumulate
         if a == 0:  # first micro-batch of an optimiser step
-            lr = lr_at(state.step, total_steps, warmup_steps, cfg.optim.lr, min_lr)
+            if state.step >= sched.total_steps:  # a step budget ends inside the last epoch
+                break
+            lr = lr_at(state.step, sched.total_steps, sched.warmup_steps, cfg.optim.lr, min_lr)
             for group in opt.param_groups:
                 base = group.get("base_lr", cfg.optim.lr)  # optim.frontend_lr for a fine-tuned encoder
                 group["lr"] = lr if base == cfg.optim.lr else lr_at(
-                    state.step, total_steps, warmup_steps, base, base * cfg.optim.min_lr_ratio)
+                    state.step, sched.total_steps, sched.warmup_steps, base, base * cfg.optim.min_lr_ratio)
             has_grad = False
         last_micro = a == accumulate - 1
         x = batch["features" if "features" in batch else "wave"]
@@ -680,7 +707,7 @@ def _epoch_message(record: dict[str, Any], seconds: float, epochs: int, marked: 
 
 def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict[str, Any]:
     cfg, dev_df, counts = ctx.cfg, data.dev_df, data.counts
-    stopped_early = bool(state.history) and state.history[-1]["epoch"] < cfg.optim.epochs
+    stopped_early = bool(state.history) and state.history[-1]["epoch"] < ctx.schedule.epochs
     return {
         "finished": True,
         "model": cfg.model.name,
@@ -690,6 +717,8 @@ def final_metrics(ctx: TrainContext, state: TrainState, data: TrainData) -> dict
         "dev_threshold_at_best": state.best["threshold"],
         "selected_by": "dev_eer" if (dev_df is not None and cfg.train.select_by == "dev_eer") else "last",
         "stopped_early": stopped_early,
+        "steps": state.step,
+        "steps_per_epoch": ctx.steps_per_epoch,
         "n_train": len(data.train_df),
         "n_train_bonafide": int(counts[1]),
         "n_train_spoof": int(counts[0]),
@@ -775,13 +804,13 @@ def train(
     ctx = build_context(cfg, env, device, frontend, model, data, steps_per_epoch, skip_bad, progress)
     if checkpoint is not None:
         state = TrainState.from_checkpoint(checkpoint, model, ctx.opt, ctx.scaler)
-        log(f"resuming from epoch {state.epoch} of {cfg.optim.epochs} ({out / CHECKPOINT_DIR})")
+        log(f"resuming from epoch {state.epoch} of {ctx.schedule.epochs} ({out / CHECKPOINT_DIR})")
     else:
         state = TrainState()
         if env.is_main:
             log(_start_message(ctx, data))
 
-    for epoch in range(state.epoch, cfg.optim.epochs):
+    for epoch in range(state.epoch, ctx.schedule.epochs):
         if state.bad_epochs >= (cfg.train.patience or math.inf):
             log(f"early stop: no dev-EER improvement for {state.bad_epochs} epochs")
             break
@@ -797,7 +826,7 @@ def train(
         state.history.append(record)
         state.epoch = epoch + 1
         marked = state.best["epoch"] == epoch + 1 and dev_ds is not None
-        log(_epoch_message(record, seconds, cfg.optim.epochs, marked))
+        log(_epoch_message(record, seconds, ctx.schedule.epochs, marked))
         if env.is_main:
             save_checkpoint(out, *state.to_checkpoint(model, ctx.opt, ctx.scaler, cfg.to_dict()))
         barrier(env)

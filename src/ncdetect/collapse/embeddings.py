@@ -115,14 +115,34 @@ def first_nonfinite_row(emb: np.ndarray, chunk_rows: int = CHECK_CHUNK_ROWS) -> 
     """Index of the first row holding NaN or Inf, or None; reads ``chunk_rows`` rows at a time."""
     for start in range(0, emb.shape[0], chunk_rows):
         block = np.asarray(emb[start : start + chunk_rows])
-        # Summing a row is one cheap pass; NaN or Inf anywhere makes the sum non-finite, while finite
-        # float32 values cannot overflow a float64 sum. Only a suspicious block is checked cell by cell.
-        if np.isfinite(block.sum(dtype=np.float64)):
+        # Summing a block is one cheap pass (float32: SIMD, twice the speed of a float64 accumulator);
+        # NaN or Inf anywhere makes the sum non-finite. So can an overflow of finite values, which the
+        # cell-by-cell check of such a block then clears.
+        if np.isfinite(block.sum()):
             continue
         rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if rows.size:
             return start + int(rows[0])
     return None
+
+
+def read_rows(emb: np.ndarray, rows: np.ndarray, chunk_rows: int = CHECK_CHUNK_ROWS) -> np.ndarray:
+    """``emb[rows]`` as an in-memory array; ascending ``rows`` are read window by window in file order.
+
+    On a memory-mapped million-row array, one fancy index over the whole map reads 90k scattered rows
+    in 0.4-0.5 s, the same rows taken from consecutive 65,536-row windows in 0.06 s (measured on the
+    2-vCPU machine the project runs on), so sorted rows go window by window.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size < 2 or np.any(rows[1:] < rows[:-1]):
+        return np.asarray(emb[rows])
+    out = np.empty((rows.size, emb.shape[1]), dtype=emb.dtype)
+    windows = np.unique(rows // chunk_rows)
+    bounds = np.searchsorted(rows, np.r_[windows, windows[-1] + 1] * chunk_rows)
+    for w, lo, hi in zip(windows, bounds[:-1], bounds[1:], strict=True):
+        start = int(w) * chunk_rows
+        np.take(emb[start : start + chunk_rows], rows[lo:hi] - start, axis=0, out=out[lo:hi])
+    return out
 
 
 def _load_head(head_path: Path, d: int) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,8 @@ DEFAULT_POOL_FACTOR = 2.0
 DEFAULT_KMEANS_CLUSTERS = 8
 # The column that groups each class in the group modes.
 GROUP_MODE = {SPOOF: "attack", BONAFIDE: "speaker"}
+# The modes that read a class's group column (kmeans counts its groups for the number of clusters).
+GROUPED_MODES = ("attack", "speaker", "kmeans")
 
 
 @dataclass

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,24 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..errors import ConfigError, NcdetectError, ProtocolError
-from .coverage import counts_table, format_coverage, rate_entry, shares, space_coverage
+from .coverage import (
+    COVERAGE_MODES,
+    DEFAULT_COVERAGE,
+    ESTIMATE_POINTS,
+    SEED,
+    counts_table,
+    coverage_mode,
+    format_coverage,
+    rate_entry,
+    shares,
+    space_coverage,
+)
 from .frame import (
     COMBINES,
     DEFAULT_ORDER_SWITCH,
     DEFAULT_POOL_FACTOR,
     FAKE_MODES,
+    GROUPED_MODES,
     METRICS,
     ORDERS,
     REAL_MODES,
@@ -45,9 +59,9 @@ from .frame import (
 from .strategies import STRATEGIES, Strategy, check_takes, greedy_herding, greedy_kcenter, select, uses_seed
 
 __all__ = [
-    "COMBINES", "DEFAULT_ORDER_SWITCH", "DEFAULT_POOL_FACTOR", "FAKE_MODES", "METRICS", "ORDERS",
-    "REAL_MODES", "STRATEGIES", "Selection", "Strategy", "check_options", "check_rate", "distance_to",
-    "format_summary", "greedy_herding", "greedy_kcenter", "n_keep", "sample_folders", "select",
+    "COMBINES", "COVERAGE_MODES", "DEFAULT_ORDER_SWITCH", "DEFAULT_POOL_FACTOR", "FAKE_MODES", "METRICS",
+    "ORDERS", "REAL_MODES", "STRATEGIES", "Selection", "Strategy", "check_options", "check_rate",
+    "distance_to", "format_summary", "greedy_herding", "greedy_kcenter", "n_keep", "sample_folders", "select",
     "summary_path", "uses_seed",
 ]
 
@@ -56,9 +70,13 @@ def check_options(strategy: str, rate: float = 0.1, *, cross_source: bool = Fals
     """Check a strategy name and ``sample_folders`` options without any data (a recipe, before work).
 
     Raises the ConfigError that ``sample_folders`` would: an unknown strategy ("valid: ..."), a value
-    out of its choices or range, or an option that the strategy does not take.
+    out of its choices or range, or an option that the strategy does not take. ``coverage`` is checked
+    too (it is no option of the selection itself).
     """
     chosen = STRATEGIES.get(strategy)
+    if "coverage" in options:
+        options = dict(options)
+        coverage_mode(options.pop("coverage"))
     make_options(rate, **options)
     check_takes(chosen, {**options, "cross_source": cross_source})
 
@@ -88,7 +106,7 @@ def sample_folders(
     pool_factor: float = DEFAULT_POOL_FACTOR,
     cross_source: bool = False,
     combine: str = "rank",
-    coverage: bool = True,
+    coverage: bool | str = DEFAULT_COVERAGE,
 ) -> pd.DataFrame:
     """Select from each pool separately (class means are per source) and take the union.
 
@@ -96,7 +114,8 @@ def sample_folders(
     ``score``) plus ``source`` (the pool's primary folder: the index's source name when it has one, else
     the folder name), ``distance`` (the score each row was chosen by) and ``strategy``. With ``out`` it is
     written as a manifest, and the summary (``df.attrs["summary"]``, with the ``coverage`` of
-    :mod:`.coverage` unless ``coverage=False``) goes to ``<out stem>.summary.json``.
+    :mod:`.coverage` unless ``coverage="off"``) goes to ``<out stem>.summary.json``. ``coverage`` is
+    ``estimate`` (default), ``exact`` or ``off`` (True and False mean estimate and off).
     """
     from ..data.manifest import write_manifest
     from ..fileio import ensure_writable_dir, write_json
@@ -107,16 +126,26 @@ def sample_folders(
                    pool_factor=pool_factor, combine=combine)
     # Check every option before any long work, with the names the command line uses.
     check_options(strategy, rate, cross_source=cross_source, **options)
+    coverage = coverage_mode(coverage)
     if not emb_dirs:
         raise ConfigError("no embedding folders given")
     if out is not None:
         ensure_writable_dir(Path(out).parent)
 
-    sets = [load_embeddings(d, mmap=True, require_head=False) for d in emb_dirs]
+    # The NaN/Inf check is left to the class sums of the selection (a float32 row cannot make a float64
+    # sum non-finite unless it holds NaN or Inf), which saves a pass over every array; a failure is
+    # then traced to its folder and row (_nonfinite).
+    sets = [load_embeddings(d, mmap=True, require_head=False, check_finite=False) for d in emb_dirs]
     pools = _pools(sets, cross_source)
+    # The keys are factorised on a second thread while the selection runs (Arrow's hashing releases the
+    # GIL), and before the coverage, whose reads then follow the selection's passes while the arrays'
+    # pages are still in memory.
+    background = ThreadPoolExecutor(max_workers=1)
+    pending_keys = background.submit(Keys, [views[0].index for views in pools])
+    background.shutdown(wait=False)
     notices: list[str] = []
     streams = _stream_names([views[0].name for views in pools])
-    parts, sources = [], []
+    selections = []
     for views, stream in tqdm(list(zip(pools, streams, strict=True)), desc=f"sample ({strategy})",
                               unit="pool", disable=not progress):
         es = views[0]
@@ -125,45 +154,42 @@ def sample_folders(
         index = es.index
         scores = None if min_margin is None else _model_scores(es)
         try:
+            # A million-row column costs 0.2 s to convert: the group columns only where a mode reads them.
             sel = select(
-                strategy, es.embeddings, es.labels, rate, attacks=index["attack"].to_numpy(),
-                speakers=index["speaker"].to_numpy(), utt_ids=index["utt_id"].to_numpy(), scores=scores,
+                strategy, es.embeddings, es.labels, rate,
+                attacks=index["attack"].to_numpy() if fake_mode in GROUPED_MODES else None,
+                speakers=index["speaker"].to_numpy() if real_mode in GROUPED_MODES else None,
+                utt_ids=index["utt_id"].to_numpy(), scores=scores,
                 views=[v.embeddings for v in views[1:]], stream=stream, **options,
             )
         except ConfigError:
             raise
         except NcdetectError as err:
+            _nonfinite(views)
             raise NcdetectError(f"{es.path}: {err}") from None
         notices += [f"{es.path}: {note}" for note in sel.notices]
-        rows = index.iloc[sel.indices].drop(columns=["score"], errors="ignore").reset_index(drop=True)
+        selections.append(sel)
+    keys = pending_keys.result()
+    keys.choose([sel.indices for sel in selections])
+    spaces = _spaces(sets, pools, keys, metric, coverage) if coverage != "off" else []
+
+    parts, sources = [], []
+    for views, sel in zip(pools, selections, strict=True):
+        es = views[0]
+        rows = es.index.iloc[sel.indices].drop(columns=["score"], errors="ignore").reset_index(drop=True)
         rows["source"] = es.name
         rows["distance"] = sel.distances
         rows["strategy"] = strategy
         parts.append(rows)
         sources.append(_source_summary(views, rows))
-
-    selected = pd.concat(parts, ignore_index=True)
-    dup = selected.duplicated(subset=["dataset", "utt_id"], keep="first")
-    selected = selected.loc[~dup].reset_index(drop=True)
-    population = pd.concat([views[0].index for views in pools], ignore_index=True)
-    population = population.loc[~population.duplicated(subset=["dataset", "utt_id"], keep="first")]
-    population = population.reset_index(drop=True)
+    selected = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    dup = ~keys.chosen_first
+    if dup.any():
+        selected = selected.loc[~dup].reset_index(drop=True)
+    population = keys.population([views[0].index for views in pools])
 
     summary = {
-        "strategy": strategy,
-        "rate": rate,
-        "real_rate": rate if real_rate is None else real_rate,
-        "fake_rate": rate if fake_rate is None else fake_rate,
-        "fake_mode": fake_mode,
-        "real_mode": real_mode,
-        "order": order,
-        "order_switch": order_switch,
-        "min_margin": min_margin,
-        "pool_factor": pool_factor,
-        "cross_source": cross_source,
-        "combine": combine,
-        "metric": metric,
-        "seed": seed,
+        **_settings(strategy, rate, options, cross_source),
         "per_class": counts_table(population["label"], selected["label"]),
         "per_attack": counts_table(population["attack"], selected["attack"]),
         "per_source": sources,
@@ -171,13 +197,38 @@ def sample_folders(
         "duplicates_dropped": int(dup.sum()),
         "notices": notices,
     }
-    if coverage:
-        summary["coverage"] = _coverage(sets, population, selected, metric, progress, notices)
+    if coverage != "off":
+        summary["coverage"] = _coverage(keys, population, spaces, coverage, progress, notices)
     selected.attrs["summary"] = summary
     if out is not None:
         write_manifest(selected, out)
         write_json(summary_path(out), summary)
     return selected
+
+
+def _settings(strategy: str, rate: float, options: dict[str, Any], cross_source: bool) -> dict[str, Any]:
+    """The selection's settings as the summary gives them (rates resolved)."""
+    o = options
+    return {
+        "strategy": strategy, "rate": rate,
+        "real_rate": rate if o["real_rate"] is None else o["real_rate"],
+        "fake_rate": rate if o["fake_rate"] is None else o["fake_rate"],
+        **{key: o[key] for key in ("fake_mode", "real_mode", "order", "order_switch", "min_margin",
+                                   "pool_factor")},
+        "cross_source": cross_source, "combine": o["combine"], "metric": o["metric"], "seed": o["seed"],
+    }
+
+
+def _nonfinite(views: list[Any]) -> None:
+    """The error load_embeddings gives for the first folder of a pool that holds NaN or Inf, if any."""
+    from .embeddings import EMBEDDINGS_FILE, first_nonfinite_row
+
+    for es in views:
+        bad = first_nonfinite_row(es.embeddings)
+        if bad is not None:
+            utt = es.index["utt_id"].iloc[bad]
+            raise NcdetectError(f"{es.path / EMBEDDINGS_FILE}: row {bad} (utt_id {utt}) holds NaN or Inf "
+                                "values")
 
 
 def _pools(sets: list[Any], cross_source: bool) -> list[list[Any]]:
@@ -238,20 +289,105 @@ def _source_summary(views: list[Any], rows: pd.DataFrame) -> dict[str, Any]:
     return entry
 
 
-def _coverage(
-    sets: list[Any], population: pd.DataFrame, selected: pd.DataFrame, metric: str, progress: bool,
-    notices: list[str],
-) -> dict[str, Any]:
-    kept_keys = pd.MultiIndex.from_frame(selected[["dataset", "utt_id"]])
-    kept = pd.MultiIndex.from_frame(population[["dataset", "utt_id"]]).isin(kept_keys)
-    cov, notes = shares(population, kept, progress)
-    notices += notes
+class Keys:
+    """The (dataset, utt_id) of every pool's rows as integer codes, for the union and its coverage.
+
+    One factorisation of the pools' keys replaces pandas' duplicated/isin on string pairs (about 0.3 s
+    each on a million rows): first occurrences, the rows kept and each folder's kept rows are then
+    integer lookups. Pandas assigns codes in order of first appearance, so a row is the first of its key
+    exactly where its code exceeds every code before it.
+    """
+
+    def __init__(self, indexes: list[pd.DataFrame]) -> None:
+        utt = pd.concat([i["utt_id"] for i in indexes], ignore_index=True) if len(indexes) > 1 else (
+            indexes[0]["utt_id"])
+        data = pd.concat([i["dataset"] for i in indexes], ignore_index=True) if len(indexes) > 1 else (
+            indexes[0]["dataset"])
+        codes, n_keys = _factorize(utt)
+        if data.nunique() > 1:
+            data_codes, _ = _factorize(data)
+            combined, uniques = pd.factorize(data_codes * n_keys + codes)
+            codes, n_keys = combined.astype(np.int64, copy=False), len(uniques)
+        self.codes = codes
+        self.n_keys = n_keys
+        bounds = np.cumsum([0, *[len(i) for i in indexes]])
+        self.per_pool = [self.codes[a:b] for a, b in pairwise(bounds)]
+        self.first = _first_occurrences(self.codes, n_keys)
+
+    def choose(self, chosen: list[np.ndarray]) -> None:
+        """Mark the rows each pool chose (row indices into its index)."""
+        chosen_codes = np.concatenate([p[rows] for p, rows in zip(self.per_pool, chosen, strict=True)])
+        self.chosen_first = _first_occurrences(chosen_codes, None)
+        self.kept_key = np.zeros(self.n_keys, dtype=bool)
+        self.kept_key[chosen_codes] = True
+
+    def population(self, indexes: list[pd.DataFrame]) -> pd.DataFrame:
+        """The union of the pools' rows, the first of each key kept."""
+        frame = pd.concat(indexes, ignore_index=True) if len(indexes) > 1 else indexes[0]
+        return frame if self.first.all() else frame.loc[self.first].reset_index(drop=True)
+
+    def kept_in_population(self) -> np.ndarray:
+        return self.kept_key[self.codes[self.first]]
+
+    def kept_rows(self, pool: int) -> np.ndarray:
+        """Rows of a pool (of each of its views) whose key the union kept, from any pool."""
+        return np.flatnonzero(self.kept_key[self.per_pool[pool]])
+
+
+def _factorize(column: pd.Series) -> tuple[np.ndarray, int]:
+    """pandas.factorize's codes (int64, numbered in order of first appearance) and their count.
+
+    An Arrow-backed column (pandas' string dtype) is encoded by Arrow directly, half the time of
+    pandas.factorize on a million strings; Arrow numbers the values the same way.
+    """
+    to_arrow = getattr(column.array, "__arrow_array__", None)
+    if to_arrow is not None and column.isna().sum() == 0:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(to_arrow())
+        chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+        if chunks:
+            # A chunked array's chunks share one dictionary, grown in order: the last one is whole.
+            codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+            return codes.astype(np.int64, copy=False), len(chunks[-1].dictionary)
+    codes, uniques = pd.factorize(column)
+    return codes.astype(np.int64, copy=False), len(uniques)
+
+
+def _first_occurrences(codes: np.ndarray, n_keys: int | None) -> np.ndarray:
+    """True where a code appears for the first time (codes numbered in order of first appearance when
+    ``n_keys`` is given; any integers otherwise)."""
+    if n_keys is not None:
+        if n_keys == codes.size:
+            return np.ones(codes.size, dtype=bool)
+        before = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
+        return codes > before
+    first = np.zeros(codes.size, dtype=bool)
+    first[np.unique(codes, return_index=True)[1]] = True
+    return first
+
+
+def _spaces(sets: list[Any], pools: list[list[Any]], keys: Keys, metric: str, mode: str) -> list[dict]:
+    """The coverage entry of every folder's space, for the rows of the union (from any pool)."""
+    pool_of = {id(es): p for p, views in enumerate(pools) for es in views}
     spaces = []
     for es in sets:
-        rows = np.flatnonzero(pd.MultiIndex.from_frame(es.index[["dataset", "utt_id"]]).isin(kept_keys))
+        rows = keys.kept_rows(pool_of[id(es)])
         data = "+".join(sorted(es.index["dataset"].astype(str).unique()))
         spaces.append({"source": es.name, "data": data, "emb_dir": str(es.path),
-                       **space_coverage(es.embeddings, es.labels, rows, metric)})
+                       **space_coverage(es.embeddings, es.labels, rows, metric, mode)})
+    return spaces
+
+
+def _coverage(
+    keys: Keys, population: pd.DataFrame, spaces: list[dict], mode: str, progress: bool, notices: list[str],
+) -> dict[str, Any]:
+    cov, notes = shares(population, keys.kept_in_population(), progress, mode)
+    notices += notes
+    cov["mode"] = mode
+    if mode == "estimate":
+        cov.update(points=ESTIMATE_POINTS, confidence=0.95, seed=SEED)
     cov["spaces"] = spaces
     return cov
 

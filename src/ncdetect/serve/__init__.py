@@ -47,20 +47,25 @@ def build_app(
     model: str | Path,
     max_upload_mb: float = 50.0,
     api_key: str | None = None,
-    threshold: float | str = 0.0,
+    threshold: float | str = "auto",
     max_pending: int = 16,
     device: str = "auto",
     model_threads: int = 1,
+    prior_spoof: float = 0.5,
+    cost_miss: float = 1.0,
+    cost_fa: float = 10.0,
 ) -> FastAPI:
     """Load the model once and return the application (what ``serve`` runs, and what tests call).
-    With ``model_threads`` > 1, that many batches run side by side, each on one thread."""
+    With ``model_threads`` > 1, that many batches run side by side, each on one thread. ``prior_spoof``
+    and the costs set the probability and the Bayes threshold of a calibrated run (see ``detect``)."""
     _require_extra()
     from ..detect import Detector
     from .app import create_app
 
     if max_upload_mb <= 0:
         raise NcdetectError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    detector = Detector(model, threshold=threshold, device=device, onnx_threads=1 if model_threads > 1 else 0)
+    detector = Detector(model, threshold=threshold, device=device, onnx_threads=1 if model_threads > 1 else 0,
+                        prior_spoof=prior_spoof, cost_miss=cost_miss, cost_fa=cost_fa)
     return create_app(detector, max_upload_mb=max_upload_mb, api_key=api_key or None, max_pending=max_pending,
                       model_threads=model_threads)
 
@@ -71,10 +76,13 @@ def serve(
     port: int = 8000,
     max_upload_mb: float = 50.0,
     api_key: str | None = None,
-    threshold: float | str = 0.0,
+    threshold: float | str = "auto",
     max_pending: int = 16,
     device: str = "auto",
     model_threads: int | None = None,
+    prior_spoof: float = 0.5,
+    cost_miss: float = 1.0,
+    cost_fa: float = 10.0,
 ) -> None:
     """Serve until interrupted. ``api_key`` None falls back to ``$NCDETECT_API_KEY``; port 0 takes a free
     port; ``model_threads`` None = one per core. The address is printed once the socket listens."""
@@ -83,7 +91,8 @@ def serve(
 
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     threads = model_threads or os.cpu_count() or 1
-    app = build_app(model, max_upload_mb, api_key, threshold, max_pending, device, threads)
+    app = build_app(model, max_upload_mb, api_key, threshold, max_pending, device, threads,
+                    prior_spoof=prior_spoof, cost_miss=cost_miss, cost_fa=cost_fa)
     if not is_local(host) and api_key is None:
         print(
             f"ncdetect: warning: serving on {host} without an API key: anyone who can reach this address "

@@ -2,7 +2,9 @@
 
 Contract (docs/serve.md, "The API"): ``POST /v1/detect`` takes multipart field ``files`` (one or more) and
 returns a JSON list, one object per file, with ``path`` (the uploaded name), ``score``, ``probability``,
-``label``, ``threshold``, ``duration_s`` and ``windows`` [{start_s, score}], or ``path`` and ``error``. A
+``label``, ``threshold``, ``duration_s`` and ``windows`` [{start_s, score}], or ``path`` and ``error``;
+beside them ``calibrated``, ``llr`` and ``prior_spoof``. ``probability`` is P(bonafide) under
+``prior_spoof`` for a calibrated run and null for an uncalibrated one (see ``ncdetect.detect``). A
 request whose files are all unreadable gets 422; a body over the upload limit gets 413, decided from
 Content-Length or, without one, by counting while the body streams in (it is never read whole first).
 """
@@ -111,9 +113,33 @@ def model_info(detector: Detector) -> dict[str, Any]:
         "hop_s": detector.hop / SAMPLE_RATE,
         "trim_silence": cfg.data.trim_silence,
         "threshold": detector.threshold,
+        "calibration": calibration_info(detector),
         "trained_on": trained,
         "dev_eer": metrics.get("dev_eer_at_best"),
         "ncdetect_version": __version__,
+    }
+
+
+def calibration_info(detector: Detector) -> dict[str, Any]:
+    """How the page and clients should read ``probability`` and ``threshold``: whether the run is
+    calibrated, the prior and costs its probability and decisions assume, and the dev set it was fitted
+    on. Uncalibrated: ``probability`` is null, and the threshold is a plain score threshold."""
+    cal, costs = detector.calibration, detector.costs
+    if cal is None:
+        return {"calibrated": False, "prior_spoof": None, "cost_miss": None, "cost_fa": None,
+                "llr_threshold": None, "probability_threshold": None, "dev": None}
+    bayes = detector.llr_threshold is not None
+    return {
+        "calibrated": True,
+        "slope": cal.slope,
+        "offset": cal.offset,
+        "dev": cal.dev,
+        "prior_spoof": costs.prior_spoof,
+        "cost_miss": costs.cost_miss,
+        "cost_fa": costs.cost_fa,
+        # The Bayes decision: bonafide when P(bonafide) exceeds C_fa / (C_fa + C_miss).
+        "llr_threshold": costs.bayes_threshold if bayes else None,
+        "probability_threshold": costs.cost_fa / (costs.cost_fa + costs.cost_miss) if bayes else None,
     }
 
 

@@ -41,10 +41,34 @@ async function loadModel() {
     $("model").textContent =
       `Model ${m.name}: ${m.architecture} (${(m.parameters / 1e6).toFixed(2)} M parameters, ${m.format}), ` +
       `${m.frontend.name} front-end, ${m.window_s.toFixed(2)} s windows every ${m.hop_s.toFixed(2)} s, ` +
-      `threshold ${m.threshold}${eer}.`;
+      `threshold ${fmt(m.threshold, 3)}${eer}.`;
+    describeCalibration(m.calibration || { calibrated: false });
   } catch (err) {
     $("model").textContent = `Could not read the model details (${err.message}).`;
   }
+}
+
+// What the probability column means. A calibrated run maps scores to log-likelihood ratios fitted on a dev
+// set; a probability then needs a prior, which the page states. An uncalibrated run has no probability.
+function describeCalibration(c) {
+  const el = $("calibration");
+  el.classList.toggle("uncalibrated", !c.calibrated);
+  if (!c.calibrated) {
+    $("probability-head").textContent = "P(bonafide)";
+    el.textContent = "Uncalibrated model: its scores rank clips but are not probabilities, so none is shown. " +
+      "The verdict is bonafide when the score is above the threshold. Calibrate the run (ncdetect " +
+      "calibrate) to get probabilities.";
+    return;
+  }
+  $("probability-head").textContent = `P(bonafide) at P(spoof) ${c.prior_spoof}`;
+  let text = `Calibrated on ${c.dev}. P(bonafide) assumes that a clip is spoofed with prior probability ` +
+    `${c.prior_spoof} before listening.`;
+  if (c.probability_threshold !== null) {
+    text += ` The verdict is bonafide when P(bonafide) > ${fmt(c.probability_threshold, 3)}, the least ` +
+      `costly decision when accepting a spoof costs ${c.cost_fa} and rejecting a bonafide clip ` +
+      `${c.cost_miss}.`;
+  }
+  el.textContent = text;
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -120,7 +144,8 @@ function addResult(r) {
   } else {
     const verdict = cell(row, r.label, `verdict ${r.label}`);
     verdict.setAttribute("data-label", r.label);
-    cell(row, fmt(r.probability, 3), "num");
+    if (r.probability === null || r.probability === undefined) cell(row, "uncalibrated", "num na");
+    else cell(row, fmt(r.probability, 3), "num");
     cell(row, fmt(r.score, 3), "num");
     cell(row, fmt(r.duration_s, 2), "num");
     $("timelines").appendChild(timeline(r, state.results.length));
@@ -224,7 +249,8 @@ function csvField(value) {
 }
 
 function toCsv(results) {
-  const cols = ["path", "label", "probability", "score", "threshold", "duration_s", "windows", "error"];
+  const cols = ["path", "label", "probability", "score", "threshold", "duration_s", "windows", "calibrated",
+                "llr", "prior_spoof", "error"];
   const lines = [cols.join(",")];
   for (const r of results) {
     const row = { ...r, windows: Array.isArray(r.windows) ? r.windows.length : "" };
