@@ -594,13 +594,7 @@ def validate_scores(df: pd.DataFrame, source: str | Path = "<scores>") -> pd.Dat
             source, 1, f"scores lack columns {missing}; they need {SCORE_COLUMNS} (+ optional attack)"
         )
     out = df.reset_index(drop=True).copy()
-    raw = out["score"]
-    score = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(score)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ProtocolError(source, i + 2, f"score {raw.iloc[i]!r} is not a finite number")
-    out["score"] = score
+    out["score"] = _finite_column(out, "score", source)
     out["label"] = out["label"].astype(str).str.strip()
     bad_label = ~out["label"].isin(LABELS)
     if bad_label.any():
@@ -663,13 +657,19 @@ def _llrs(df: pd.DataFrame, source: str | Path) -> tuple[str, np.ndarray]:
     there is one, else the raw scores (which are then judged as if they were LLRs)."""
     if "llr" not in df.columns:
         return "score", df["score"].to_numpy()
-    raw = df["llr"]
-    llr = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(llr)
+    return "llr", _finite_column(df, "llr", source)
+
+
+def _finite_column(df: pd.DataFrame, column: str, source: str | Path) -> np.ndarray:
+    """A scores file's numeric column as float64; the first value that is not a finite number is an error
+    naming its line (line 1 is the header)."""
+    raw = df[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ProtocolError(source, i + 2, f"llr {raw.iloc[i]!r} is not a finite number")
-    return "llr", llr
+        raise ProtocolError(source, i + 2, f"{column} {raw.iloc[i]!r} is not a finite number")
+    return values
 
 
 def _interval(values: np.ndarray, level: float = 0.95) -> list[float]:
