@@ -296,3 +296,21 @@ def test_the_encoder_and_the_layer_weights_get_their_own_learning_rates():
     assert ids[id(model.head.weight)] is None  # the model's own groups follow optim.lr
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert set(ids) == trainable and len(ids) == sum(len(g["params"]) for g in groups)
+
+
+def test_layer_weights_lr_drives_the_weighting_in_training(tmp_path, toy_manifest):
+    """Two otherwise equal 1-epoch runs: at optim.lr the few softmax logits hardly move; at their own
+    higher rate they move by far more (Adam steps each logit by about its group's rate)."""
+    import json
+
+    from ncdetect.train import train
+
+    settings = [s for s in FINETUNE if "finetune" not in s and "layers" not in s and "frontend_lr" not in s]
+    spread = {}
+    for name, extra in (("shared", []), ("own", ["optim.layer_weights_lr=0.2"])):
+        cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", [*settings, "frontend.kwargs.layers=[0,1,4]",
+                                                              "optim.epochs=1", *extra])
+        train(cfg, toy_manifest, tmp_path / name, progress=False)
+        weights = json.loads((tmp_path / name / "metrics.json").read_text())["layer_weights"]["weights"]
+        spread[name] = max(weights) - min(weights)
+    assert spread["own"] > 10 * spread["shared"] and spread["own"] > 0.01
