@@ -349,7 +349,7 @@ def test_learned_layer_weights_reach_results_json_and_the_report(tmp_path):
     configs = Path(__file__).parents[1] / "src/ncdetect/configs"
 
     def whisper_compact(recipe: dict) -> None:
-        recipe["sampling"]["strategies"] = ["random"]
+        recipe["sampling"].update(strategies=["random"], headline="random")
         recipe["compact"] = {"config": str(configs / "whisper_attn_mlp.yaml"), "set": {
             "optim.epochs": 1, "data.num_samples": 8000, "data.batch_size": 8, "model.kwargs.hidden": 32,
             "model.embedding_dim": 16, "model.kwargs.attention_dim": 16, "frontend.kwargs.backend": "torch",
