@@ -74,6 +74,9 @@ class OptimConfig(_Section):
     # The peak learning rate of a front-end part that the model trains (frontend.kwargs.finetune: the
     # Whisper stem and first layers), on the same warm-up and cosine schedule; null = lr.
     frontend_lr: float | None = Field(None, gt=0)
+    # The peak learning rate of the learned layer weighting (frontend.kwargs.layers: all or a list), on the
+    # same schedule; null = lr. Its few logits need a higher rate than the head to move in a short run.
+    layer_weights_lr: float | None = Field(None, gt=0)
 
 
 class LossConfig(_Section):

@@ -113,11 +113,13 @@ class CompactRun:
     scores: dict[str, dict] = field(default_factory=dict)
     # {"calibration": the dev-fitted map, "targets": {target: calibrated_metrics}} (filled by calibrate)
     calibration: dict | None = None
+    # the learned weighting over the front-end's layers ({"layers", "weights"}); None without one
+    layer_weights: dict | None = None
 
     def summary(self) -> dict[str, Any]:
         """What results.json records of the training."""
         return {"n_train": self.n_train, "train_seconds": self.train_seconds, "steps": self.steps,
-                "epochs": self.epochs}
+                "epochs": self.epochs, "layer_weights": self.layer_weights}
 
 
 @dataclass
@@ -498,7 +500,8 @@ def stage_compact(exp: Experiment) -> None:
                 return CompactRun(name=name, run=stage.run_dir, key=stage.key,
                                   n_train=int(metrics["n_train"]),
                                   train_seconds=float(stage.info()["train_seconds"]),
-                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]))
+                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]),
+                                  layer_weights=metrics.get("layer_weights"))
 
             trained[stage.key] = exp.compact_runs[(strategy, rate, seed)] = exp.run_stage(
                 "compact", name, train_compact)

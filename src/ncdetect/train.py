@@ -505,19 +505,23 @@ def build_context(
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only (not biases and norms); a fine-tuned front-end part
-    (``model.encoder``) gets groups of its own at ``optim.frontend_lr``."""
-    groups = []
+    (``model.encoder``) and the layer weighting (``model.layer_weights``) get groups of their own at
+    ``optim.frontend_lr`` and ``optim.layer_weights_lr``."""
+    own = {"encoder.": cfg.optim.frontend_lr, "layer_weights.": cfg.optim.layer_weights_lr}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    for is_frontend in (False, True):
-        params = [p for n, p in named if n.startswith("encoder.") == is_frontend]
-        if is_frontend and not params:
-            break
-        lr = (cfg.optim.frontend_lr or cfg.optim.lr) if is_frontend else cfg.optim.lr
-        extra = {"base_lr": lr} if is_frontend else {}
-        groups += [
+    parts: list[tuple[list[nn.Parameter], float | None]] = [
+        ([p for n, p in named if not n.startswith(tuple(own))], None)]
+    parts += [([p for n, p in named if n.startswith(prefix)], lr) for prefix, lr in own.items()]
+    groups = []
+    for i, (params, lr) in enumerate(parts):
+        if i and not params:
+            continue
+        extra = {"base_lr": lr or cfg.optim.lr} if i else {}
+        split = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay, **extra},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
         ]
+        groups += [g for g in split if g["params"] or not i]  # the model's own two groups always
     return groups
 
 
