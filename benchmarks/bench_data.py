@@ -1,5 +1,5 @@
 """Data pipeline speed: the batched log-mel front-end, FLAC -> features through the DataLoader, and an
-epoch from the feature cache against an epoch from audio.
+epoch from the feature store against an epoch from audio.
 
 * (a) log-mel of 64 clips of 4 s: ``LogMel`` on the whole batch in torch against
   ``librosa.feature.melspectrogram`` clip by clip (same settings, plus the same log), both on one
@@ -12,9 +12,9 @@ epoch from the feature cache against an epoch from audio.
   process tree spent per utterance, against decode-only's, are printed beside: on a shared machine the
   wall-clock ratio of a multi-process pipeline depends on how many cores are free, the CPU ratio not.
 * (c) a training epoch of ``tiny_resnet`` (forward, backward, AdamW step, batch 32, 0 workers) from the
-  feature cache against one from audio. The data side alone (cache read against decode + log-mel), the
-  model step alone, the bound they imply (no cache can make an epoch faster than its model steps), the
-  one-off build, and the float16 cache's rounding error and its effect on the train loss are reported.
+  feature store against one from audio. The data side alone (store read against decode + log-mel), the
+  model step alone, the bound they imply (no store can make an epoch faster than its model steps), the
+  one-off build, and the float16 store's rounding error and its effect on the train loss are reported.
 
 Model and front-end timings run on one torch thread: on a shared 2-core machine a second thread is
 often busy elsewhere, and OpenMP then waits for it at every layer, which makes two-thread timings erratic.
@@ -38,14 +38,15 @@ import torch
 
 from common import Threads, interleaved, load_average, main, row
 from ncdetect.config import load_config
-from ncdetect.data.cache import FeatureCache
 from ncdetect.data.dataset import AudioDataset
+from ncdetect.data.features import FeatureStore, WindowPolicy
 from ncdetect.data.frontends import LogMel
 from ncdetect.data.loader import make_loader
 from ncdetect.runs import build_model
 
 SR = 16_000
 NUM_SAMPLES = 64_600
+POLICY = WindowPolicy(NUM_SAMPLES)
 
 
 def make_flac_corpus(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
@@ -242,6 +243,11 @@ def _data_epoch(loader: Any, ds: Any, epoch: int, fe: LogMel | None) -> None:
                 fe(batch["wave"])
 
 
+def _long_windows(ds: Any) -> np.ndarray:
+    """The stored training windows of a log-mel store dataset (one per utterance), ``(N, F, frames)``."""
+    return np.stack([np.load(file, mmap_mode="r")[r] for file, r, _, _ in (e[0][0] for e in ds.entries)])
+
+
 def bench_cache(df: pd.DataFrame, root: Path, quick: bool) -> list[dict]:
     fe = LogMel()
     n = len(df)
@@ -250,11 +256,11 @@ def bench_cache(df: pd.DataFrame, root: Path, quick: bool) -> list[dict]:
     rows = []
     with Threads(1):
         start = time.perf_counter()
-        cache = FeatureCache(root / "cache", fe, df, num_samples=NUM_SAMPLES)
-        cache.build(batch_size=32, progress=False)
+        cache = FeatureStore(root / "cache", fe)
+        cache.build(df, POLICY, train=True, batch_size=32, progress=False)
         t_build = time.perf_counter() - start
         audio_ds = AudioDataset(df, num_samples=NUM_SAMPLES, train=True, seed=0)
-        cache_ds = cache.dataset(train=True, seed=0)
+        cache_ds = cache.dataset(df, POLICY, train=True, seed=0)
         audio_loader = make_loader(audio_ds, batch_size=batch_size, shuffle=True, num_workers=0)
         cache_loader = make_loader(cache_ds, batch_size=batch_size, shuffle=True, num_workers=0)
         models = {k: _tiny_resnet() for k in ("audio", "cache", "step")}
@@ -286,30 +292,30 @@ def bench_cache(df: pd.DataFrame, root: Path, quick: bool) -> list[dict]:
     bound = (best["steps"] + best["audio_data"]) / (best["steps"] + best["cache_data"])
     rows.append(row(
         f"tiny_resnet training epoch, {n} utterances, batch {batch_size}, 0 workers, 1 thread",
-        "from the feature cache vs from FLAC",
+        "from the feature store vs from FLAC",
         f"{ratio:.2f}x faster ({best['cache']:.2f} s vs {best['audio']:.2f} s); the model steps alone "
         f"take {best['steps']:.2f} s, which caps the gain of any data path at about {bound:.2f}x here",
         ">= 3x", ratio >= 3, throughput=n / best["cache"],
     ))
     rows.append(row(
-        f"data only, {n} utterances (no model)", "cache read vs decode + log-mel",
+        f"data only, {n} utterances (no model)", "store read vs decode + log-mel",
         f"{best['audio_data'] / best['cache_data']:.0f}x faster ({n / best['cache_data']:.0f} vs "
         f"{n / best['audio_data']:.0f} utterances/s)", "-", None,
     ))
-    size_mb = (cache.path / "features.npy").stat().st_size / 1e6
-    rows.append(row("feature cache build (float32)", "one-off, utterances/s",
+    size_mb = sum(f.stat().st_size for f in cache.path.rglob("*.npy")) / 1e6
+    rows.append(row("feature store build (float32)", "one-off, utterances/s",
                     f"{n / t_build:.0f}/s ({t_build:.1f} s, {size_mb:.0f} MB)", "-", None))
 
-    c16 = FeatureCache(root / "cache", fe, df, num_samples=NUM_SAMPLES, dtype="float16").build(progress=False)
-    f32 = np.load(cache.path / "features.npy", mmap_mode="r")
-    f16 = np.load(c16.path / "features.npy", mmap_mode="r")
+    c16 = FeatureStore(root / "cache", fe, dtype="float16")
+    c16.build(df, POLICY, train=True, progress=False)
+    f32, f16 = _long_windows(cache_ds), _long_windows(c16.dataset(df, POLICY, train=True, seed=0))
     err = float(np.max(np.abs(f32.astype(np.float32) - f16.astype(np.float32))))
     value = f"max abs rounding error {err:.4f} (features' std {float(np.std(f32)):.2f})"
     if not quick:
         # The training effect: the same seeds and batches from both caches.
         losses = []
         for c in (cache, c16):
-            ds = c.dataset(train=True, seed=0)
+            ds = c.dataset(df, POLICY, train=True, seed=0)
             loader = make_loader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
             model = _tiny_resnet()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -317,7 +323,7 @@ def bench_cache(df: pd.DataFrame, root: Path, quick: bool) -> list[dict]:
                 losses.append([_train_epoch(loader, ds, e, None, model, opt) for e in range(3)])
         value += (f"; mean train loss per epoch {', '.join(f'{v:.3f}' for v in losses[0])} (float32) vs "
                   f"{', '.join(f'{v:.3f}' for v in losses[1])} (float16)")
-    rows.append(row("float16 feature cache", "vs float32", value, "-", None))
+    rows.append(row("float16 feature store", "vs float32", value, "-", None))
     return rows
 
 

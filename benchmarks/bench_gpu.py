@@ -5,8 +5,8 @@
   with a gradient scaler).
 * GPU utilisation during a real DataLoader epoch: FLAC files -> ``AudioDataset`` random crops in worker
   processes -> log-mel on the GPU -> tiny_resnet training step, the way ``ncdetect train`` runs; the mean
-  utilisation (nvidia-smi's, sampled every 50 ms) and utterances/s. The same epoch from the feature cache
-  is timed beside it: on a GPU the model step is cheap, so this is where the cache's speed-up shows.
+  utilisation (nvidia-smi's, sampled every 50 ms) and utterances/s. The same epoch from the feature store
+  is timed beside it: on a GPU the model step is cheap, so this is where the store's speed-up shows.
 * Embedding extraction (``ncdetect embed``): utterances/s from FLAC.
 
 ``--device cpu`` runs the same code on the CPU (a smoke test of this file; utilisation is then n/a).
@@ -32,8 +32,8 @@ import torch
 from bench_data import make_flac_corpus
 from bench_models import shipped_model
 from common import format_rows, row
-from ncdetect.data.cache import FeatureCache
 from ncdetect.data.dataset import AudioDataset
+from ncdetect.data.features import FeatureStore, WindowPolicy
 from ncdetect.data.frontends import LogMel
 from ncdetect.data.loader import make_loader
 
@@ -167,9 +167,9 @@ def dataloader_epoch(df: Any, root: Path, device: torch.device, quick: bool) -> 
     fe = LogMel().to(device)
     rows = []
     audio_ds = AudioDataset(df, num_samples=NUM_SAMPLES, train=True, seed=0)
-    cache = FeatureCache(root / "cache", LogMel(), df, num_samples=NUM_SAMPLES)
-    cache.build(batch_size=batch, num_workers=workers, device=device, progress=False)
-    cache_ds = cache.dataset(train=True, seed=0)
+    cache, policy = FeatureStore(root / "cache", LogMel()), WindowPolicy(NUM_SAMPLES)
+    cache.build(df, policy, train=True, batch_size=batch, num_workers=workers, device=device, progress=False)
+    cache_ds = cache.dataset(df, policy, train=True, seed=0)
     times = {}
     for name, ds, frontend in (("audio", audio_ds, fe), ("cache", cache_ds, None)):
         loader = make_loader(ds, batch_size=batch, shuffle=True, num_workers=workers)
@@ -180,12 +180,12 @@ def dataloader_epoch(df: Any, root: Path, device: torch.device, quick: bool) -> 
             start = time.perf_counter()
             n = _epoch(loader, ds, 1, frontend, model, opt, device)
             times[name] = time.perf_counter() - start
-        source = "FLAC, log-mel on the device" if name == "audio" else "feature cache"
+        source = "FLAC, log-mel on the device" if name == "audio" else "feature store"
         rows.append(row(f"tiny_resnet training epoch from {source}, {len(df)} utterances, {workers} workers",
                         "utterances/s, mean GPU utilisation", f"{n / times[name]:.0f}/s, {util.mean}", "-",
                         None, throughput=n / times[name]))
         del loader
-    rows.append(row(f"tiny_resnet training epoch on {device.type}", "from the feature cache vs from FLAC",
+    rows.append(row(f"tiny_resnet training epoch on {device.type}", "from the feature store vs from FLAC",
                     f"{times['audio'] / times['cache']:.1f}x faster", ">= 3x",
                     times["audio"] / times["cache"] >= 3 if device.type == "cuda" else None))
     return rows

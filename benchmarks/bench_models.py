@@ -16,7 +16,7 @@ resnet18 must not drop by more than 10% from the previous run (run_all.py; per m
 One thread: on a shared 2-core machine a second OpenMP thread often waits for a busy core at every
 layer, which makes two-thread step times erratic.
 
-    python benchmarks/bench_models.py [--quick]
+    python benchmarks/bench_models.py [--quick] [--full]
 """
 
 from __future__ import annotations
@@ -74,13 +74,14 @@ def bf16_skip_reason(cpuinfo: str | None = None) -> str | None:
             "/proc/cpuinfo); emulated bf16 trains slower than float32, so keep train.amp=off (auto) here")
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (see common.row)."""
+def run(quick: bool = False, full: bool = False) -> list[dict]:
+    """Benchmark rows (see common.row). `make bench` times the two gated models; `make bench-full`
+    (``full``) adds convnext_atto, lcnn and tiny_resnet's contiguous layout, rows that are only reported."""
     tiny = sum(p.numel() for p in shipped_model("tiny_resnet").parameters())
     rows = [row("tiny_resnet parameters", "count", f"{tiny:,}", f"<= {TINY_PARAMS_TARGET:,}",
                 tiny <= TINY_PARAMS_TARGET)]
     no_bf16 = bf16_skip_reason()
-    names = ("tiny_resnet", "resnet18") if quick else ("tiny_resnet", "resnet18", "convnext_atto", "lcnn")
+    names = ("tiny_resnet", "resnet18", "convnext_atto", "lcnn") if full else ("tiny_resnet", "resnet18")
     repeats = 2 if quick else 4
     with Threads(1):
         for name in names:
@@ -89,7 +90,7 @@ def run(quick: bool = False) -> list[dict]:
             steps = {"fp32": train_step(model)}
             if name in ("tiny_resnet", "resnet18") and no_bf16 is None:
                 steps["bf16"] = train_step(shipped_model(name), amp=True)
-            if name == "tiny_resnet":
+            if name == "tiny_resnet" and full:
                 plain = shipped_model(name).to(memory_format=torch.contiguous_format)
                 steps["contiguous"] = train_step(plain)
             t = interleaved(steps, repeats=repeats)

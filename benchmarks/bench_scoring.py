@@ -12,12 +12,13 @@
   the vectorised bootstrap costs less than the loop it replaces (ratio < 1).
 * evaluate: 1,000,000 trials with every metric (EER, minDCF, actDCF, Cllr, min Cllr) and a 1,000-resample
   bootstrap (EER and minDCF intervals) against the EER-only evaluation with the same bootstrap, timed in
-  turns. Target: at most 3x.
+  turns, in `make bench-full` (``--full``); `make bench` times 100,000 trials and 200 resamples. Target:
+  at most 3x.
 
 The weights are untrained (speed does not depend on them). Training throughput is in bench_models.py
 (model step) and bench_data.py (whole epochs from audio and from the feature cache).
 
-    python benchmarks/bench_scoring.py [--quick]
+    python benchmarks/bench_scoring.py [--quick] [--full]
 """
 
 from __future__ import annotations
@@ -168,14 +169,18 @@ def evaluate_speed(n: int, n_bootstrap: int, repeats: int) -> list[dict]:
                 ratio <= EVALUATE_RATIO_TARGET)]
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Benchmark rows (see common.row)."""
+def run(quick: bool = False, full: bool = False) -> list[dict]:
+    """Benchmark rows (see common.row). The evaluate row takes 100,000 trials and 200 resamples in `make
+    bench` (seconds), 1,000,000 and 1,000 in `make bench-full` (``full``; about 7 minutes here)."""
     with tempfile.TemporaryDirectory(prefix="ncdetect-bench-scoring-") as tmp:
         root = Path(tmp)
         rows = detect_rtf(root, seconds=20.0 if quick else 60.0, repeats=2 if quick else 5)
         rows += onnx_vs_torch(root, repeats=3 if quick else 30)
     rows += bootstrap_speed(n_bootstrap=300, repeats=1 if quick else 3)
-    rows += evaluate_speed(n=100_000 if quick else 1_000_000, n_bootstrap=100 if quick else 1000, repeats=1)
+    if full:
+        rows += evaluate_speed(n=1_000_000, n_bootstrap=1000, repeats=1)
+    else:
+        rows += evaluate_speed(n=20_000 if quick else 100_000, n_bootstrap=50 if quick else 200, repeats=1)
     return rows
 
 

@@ -7,8 +7,8 @@
   (``backend: torch``, float32), for the encoder output and for ``layers: 1``, and the torch backend's
   every layer in one pass (``layers: all``): windows/s per core and the torch / CTranslate2 time ratio.
 * Codec augmentation: rendering codec/channel copies (ffmpeg round trips in batches, default
-  ``augment.codec`` settings) and a feature-cache build with K = 4 copies against one without, on the
-  same clips: the time ratio is what ``augment.codec`` adds to the one-off cache build (epochs cost the
+  ``augment.codec`` settings) and a feature-store build with K = 4 copies against one without, on the
+  same clips: the time ratio is what ``augment.codec`` adds to the one-off store build (epochs cost the
   same either way: they read one window from the memory map).
 """
 
@@ -89,8 +89,8 @@ def bench_frontend(quick: bool) -> list[dict]:
 
 def bench_codec(quick: bool) -> list[dict]:
     from ncdetect.config import CodecAugmentConfig
-    from ncdetect.data.cache import FeatureCache
     from ncdetect.data.codec_augment import draw_variant, render, utterance_key
+    from ncdetect.data.features import FeatureStore, WindowPolicy
     from ncdetect.data.frontends import LogMel
 
     if shutil.which("ffmpeg") is None:
@@ -115,10 +115,10 @@ def bench_codec(quick: bool) -> list[dict]:
         timings = {}
         for name, codec in (("clean", None), ("codec", cfg)):
             start = time.perf_counter()
-            FeatureCache(root / name, LogMel(), df, num_samples=length // 3 * 2, codec=codec).build(
-                progress=False)
+            FeatureStore(root / name, LogMel()).build(df, WindowPolicy(length // 3 * 2), train=True,
+                                                      codec=codec, progress=False)
             timings[name] = time.perf_counter() - start
-    rows.append(row(f"feature-cache build with K = {k} codec copies / without (log-mel, {n} clips)",
+    rows.append(row(f"feature-store build with K = {k} codec copies / without (log-mel, {n} clips)",
                     "time ratio", f"{timings['codec'] / timings['clean']:.1f} "
                     f"({1000 * (timings['codec'] - timings['clean']) / (n * k):.0f} ms per copy)", "-", None))
     return rows

@@ -9,6 +9,7 @@ of load from elsewhere hits both sides alike and their ratio stays meaningful.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -84,10 +85,14 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(run: Callable[[bool], list[dict]], doc: str | None) -> int:
-    """Command line of one module: ``python benchmarks/bench_x.py [--quick]`` prints its table."""
+def main(run: Callable[..., list[dict]], doc: str | None) -> int:
+    """Command line of one module: ``python benchmarks/bench_x.py [--quick] [--full]`` prints its table
+    (``--full`` where ``run`` takes ``full``: the long rows of `make bench-full`)."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke test)")
+    takes_full = "full" in inspect.signature(run).parameters
+    if takes_full:
+        parser.add_argument("--full", action="store_true", help="the long rows of `make bench-full` too")
     args = parser.parse_args()
-    print(format_rows(run(args.quick)))
+    print(format_rows(run(args.quick, full=args.full) if takes_full else run(args.quick)))
     return 0

@@ -1,5 +1,5 @@
 """Codec and channel augmentation: seeded draws, what each stage does to the audio, the K copies in the
-feature cache, one copy per epoch, and training audio only.
+feature store, one copy per epoch, and training audio only.
 
 The codec round trips need ffmpeg with libmp3lame, libopus and libgsm (Debian's ffmpeg, which `make test`
 installs for the demo corpus); those tests skip, naming it, where it is absent.
@@ -16,10 +16,11 @@ import torch
 from conftest import synth_utterance
 from ncdetect.config import CodecAugmentConfig, load_config
 from ncdetect.data import codec_augment as ca
-from ncdetect.data.cache import FeatureCache
+from ncdetect.data.dataset import AudioDataset
+from ncdetect.data.features import FeatureStore, WindowPolicy
 from ncdetect.data.frontends import LogMel
 from ncdetect.data.manifest import read_manifest
-from ncdetect.errors import ConfigError
+from ncdetect.errors import ConfigError, NcdetectError
 
 SR = 16_000
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None,
@@ -103,27 +104,38 @@ def test_codec_augmentation_needs_the_feature_cache():
         load_config(None, ["augment.codec.codecs=[amr]"])
 
 
+def _copies(ds, i: int) -> np.ndarray:
+    """The stored codec copies of utterance ``i`` of a store dataset, ``(K, F, frames)``."""
+    return np.stack([np.load(file, mmap_mode="r")[row] for file, row, _, _ in ds.entries[i][1]])
+
+
 @needs_ffmpeg
-def test_cache_renders_k_copies_once_and_training_draws_one_per_epoch(tmp_path, toy_manifest):
+def test_store_renders_k_copies_once_and_training_draws_one_per_epoch(tmp_path, toy_manifest):
     df = read_manifest(toy_manifest).iloc[:10]
     # Two codecs keep it quick: one pair of ffmpeg calls per codec setting and batch.
     cfg = CodecAugmentConfig(enabled=True, variants=3, p=0.75, codecs=["gsm", "mulaw"])
-    cache = FeatureCache(tmp_path / "a", LogMel(), df, num_samples=8000, codec=cfg).build(progress=False)
-    variants = np.load(cache.path / "variants.npy", mmap_mode="r")
-    clean = np.load(cache.path / "features.npy", mmap_mode="r")
+    policy = WindowPolicy(8000)
+    store = FeatureStore(tmp_path / "a", LogMel())
+    # log-mel is shift-invariant: one long window and its 3 copies per utterance
+    assert store.build(df, policy, train=True, codec=cfg, progress=False) == {"windows": 40, "encoded": 40}
+    assert store.build(df, policy, train=True, codec=cfg, progress=False)["encoded"] == 0
+    train = store.dataset(df, policy, train=True, seed=0, codec=cfg)
+    variants = np.stack([_copies(train, i) for i in range(10)])
+    clean = np.stack([np.load(train.entries[i][0][0][0])[train.entries[i][0][0][1]] for i in range(10)])
     assert variants.shape == (10, 3, *clean.shape[1:]) and np.isfinite(variants).all()
-    assert cache.key != FeatureCache(tmp_path / "a", LogMel(), df, num_samples=8000).key
+    assert not np.allclose(variants[:, 0], clean)
     # A rebuild elsewhere, with the manifest in another order, renders the same copies.
-    again = FeatureCache(tmp_path / "b", LogMel(), df.iloc[::-1], num_samples=8000, codec=cfg).build(
-        progress=False)
-    np.testing.assert_array_equal(np.load(again.path / "variants.npy")[::-1], variants)
+    other = FeatureStore(tmp_path / "b", LogMel())
+    other.build(df.iloc[::-1], policy, train=True, codec=cfg, progress=False)
+    again = other.dataset(df.iloc[::-1], policy, train=True, seed=0, codec=cfg)
+    np.testing.assert_array_equal(np.stack([_copies(again, i) for i in range(10)])[::-1], variants)
 
-    train = cache.dataset(train=True, seed=0)
-    drawn = np.array([[train.variant_of(i, epoch) for i in range(10)] for epoch in range(40)])
+    drawn = np.array([[train.choice(i, epoch)[0] for i in range(10)] for epoch in range(40)])
     assert set(np.unique(drawn)) == {0, 1, 2, 3} and 0.6 < (drawn > 0).mean() < 0.9
-    rerun, other_seed = cache.dataset(train=True, seed=0), cache.dataset(train=True, seed=1)
-    np.testing.assert_array_equal(drawn, [[rerun.variant_of(i, e) for i in range(10)] for e in range(40)])
-    assert not np.array_equal(drawn, [[other_seed.variant_of(i, e) for i in range(10)] for e in range(40)])
+    rerun = store.dataset(df, policy, train=True, seed=0, codec=cfg)
+    other_seed = store.dataset(df, policy, train=True, seed=1, codec=cfg)
+    np.testing.assert_array_equal(drawn, [[rerun.choice(i, e)[0] for i in range(10)] for e in range(40)])
+    assert not np.array_equal(drawn, [[other_seed.choice(i, e)[0] for i in range(10)] for e in range(40)])
     epoch = int(np.flatnonzero(drawn[:, 0] > 0)[0])
     train.set_epoch(epoch)
     item = train[0]["features"][0].numpy()
@@ -132,10 +144,11 @@ def test_cache_renders_k_copies_once_and_training_draws_one_per_epoch(tmp_path, 
               if np.allclose(variants[0, v, :, s : s + train.frames], item)]
     assert starts  # the crop comes from the drawn copy
 
-    evaluation = cache.dataset(train=False)
-    assert all(evaluation.variant_of(i, e) == 0 for i in range(10) for e in range(5))
-    torch.testing.assert_close(evaluation[0]["features"][0], torch.from_numpy(
-        np.array(clean[0, :, : evaluation.frames], dtype=np.float32)))
+    assert store.build(df, policy, progress=False) == {"windows": 10, "encoded": 10}  # evaluation windows
+    evaluation = store.dataset(df, policy)
+    assert all(evaluation.choice(i, e) == (0, 0) for i in range(10) for e in range(5))
+    wave = AudioDataset(df, num_samples=8000)[0]["wave"][None]
+    torch.testing.assert_close(evaluation[0]["features"], LogMel()(wave)[0])
 
 
 @needs_ffmpeg
@@ -148,6 +161,14 @@ def test_training_augments_the_training_set_only(tmp_path, toy_manifest, toy_dev
                              "augment.codec.variants=2", "augment.codec.codecs=[alaw]"])
     metrics = train(cfg, toy_manifest, tmp_path / "run", dev_manifest=toy_dev_manifest, progress=False)
     assert metrics["finished"] and metrics["n_dev"] == len(read_manifest(toy_dev_manifest))
-    (built,) = list((tmp_path / "run" / "feature_cache").glob("*/variants.npy"))
-    # Only the training manifest has copies; the dev set is scored from its clean audio.
-    assert np.load(built, mmap_mode="r").shape[:2] == (len(read_manifest(toy_manifest)), 2)
+    from ncdetect.runs import build_frontend
+
+    store = FeatureStore(tmp_path / "run" / "features", build_frontend(cfg)).refresh()
+    train_df, dev_df = read_manifest(toy_manifest), read_manifest(toy_dev_manifest)
+    policy = WindowPolicy(8000)
+    train_ds = store.dataset(train_df, policy, train=True, codec=cfg.augment.codec)
+    assert all(len(train_ds.entries[i][1]) == 2 for i in range(len(train_df)))
+    # Only the training manifest has copies; the dev set is scored from its clean evaluation windows.
+    with pytest.raises(NcdetectError, match="build the store first"):
+        store.dataset(dev_df, policy, train=True, codec=cfg.augment.codec)
+    assert len(store.dataset(dev_df, policy)) == len(dev_df)

@@ -1,9 +1,6 @@
-"""AudioDataset, collate, the bad-file policy, the loader, and the feature cache."""
+"""AudioDataset, collate, the bad-file policy and the loader (the feature store: tests/test_features.py)."""
 
 from __future__ import annotations
-
-import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -13,9 +10,7 @@ import torch
 
 from conftest import make_corpus
 from ncdetect.data import audio as audio_mod
-from ncdetect.data.cache import CachedFeatureDataset, FeatureCache
 from ncdetect.data.dataset import AudioDataset, write_skipped
-from ncdetect.data.frontends import LogMel, RawFrames
 from ncdetect.data.loader import EpochShuffleSampler, collate, make_loader, raise_or_skip
 from ncdetect.data.manifest import read_manifest
 from ncdetect.errors import NcdetectError
@@ -192,120 +187,3 @@ def test_epoch_shuffle_sampler_is_a_function_of_seed_and_epoch(corpus):
     ds.set_epoch(0)
     assert list(s) == e0 and sorted(e0) == list(range(len(ds))) and e0 != e1
     assert list(EpochShuffleSampler(ds, seed=4)) != e0
-
-
-# ------------------------------------------------------------------------------------------ the cache
-def test_cache_build_eval_features_and_errors(corpus, tmp_path):
-    fe = LogMel()
-    cache = FeatureCache(tmp_path / "cache", fe, corpus, num_samples=N, crop_factor=1.5)
-    assert not cache.complete
-    cache.build(batch_size=4, progress=False)
-    assert cache.complete and cache.path.is_dir()
-    assert not list((tmp_path / "cache").glob(".*.tmp"))
-    meta = json.loads((cache.path / "meta.json").read_text())
-    assert meta["n_items"] == len(corpus) and meta["frames"] == fe.num_frames(N) and meta["n_errors"] == 1
-    feats = np.load(cache.path / "features.npy", mmap_mode="r")
-    assert feats.shape == (len(corpus), 80, fe.num_frames(6000))
-    ds = cache.dataset(train=False)
-    audio = AudioDataset(corpus, num_samples=N)
-    with torch.no_grad():
-        for i in (0, 3, len(corpus) - 2):
-            item = ds[i]
-            assert item["error"] is None and item["features"].shape == (1, 80, fe.num_frames(N))
-            ref = fe(audio[i]["wave"][None])[0]
-            # identical except the last frames, whose analysis window reaches past the window edge
-            torch.testing.assert_close(item["features"][..., :-2], ref[..., :-2], rtol=1e-4, atol=1e-4)
-    bad = ds[len(corpus) - 1]
-    assert bad["features"] is None and "not a readable audio file" in bad["error"]
-    batch = collate([ds[0], bad, ds[1]])
-    assert batch["features"].shape == (2, 1, 80, fe.num_frames(N)) and len(batch["errors"]) == 1
-
-
-def test_cache_train_crops_stay_in_real_audio_and_are_reproducible(corpus, tmp_path):
-    fe = RawFrames(frame=100)  # raw frames make crops easy to locate in the audio
-    cache = FeatureCache(tmp_path / "cache", fe, corpus, num_samples=N, crop_factor=2.0).build(progress=False)
-    ds = cache.dataset(train=True, seed=2)
-    full = _full(corpus.path[1])[: 2 * N]
-    starts = set()
-    for epoch in range(8):
-        ds.set_epoch(epoch)
-        f = ds[1]["features"][0].T.reshape(-1).numpy()  # back to samples
-        assert f.shape == (N,)
-        start = _where(f, full)
-        assert start >= 0 and start % 100 == 0
-        starts.add(start)
-        torch.testing.assert_close(ds[1]["features"], ds[1]["features"])
-    assert len(starts) >= 4
-    # a clip shorter than the training window is never cropped past its real audio
-    short = len(corpus) - 2
-    for epoch in range(3):
-        ds.set_epoch(epoch)
-        torch.testing.assert_close(ds[short]["features"], cache.dataset(train=False)[short]["features"])
-
-
-def test_cache_key_follows_files_and_settings(corpus, tmp_path):
-    fe = LogMel()
-    a = FeatureCache(tmp_path, fe, corpus, num_samples=N)
-    assert a.key == FeatureCache(tmp_path, LogMel(), corpus, num_samples=N).key
-    assert a.key != FeatureCache(tmp_path, LogMel(n_mels=40), corpus, num_samples=N).key
-    assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N + 160).key
-    assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N, crop_factor=1.2).key
-    assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N, dtype="float16").key
-    assert a.key != FeatureCache(tmp_path, fe, corpus.iloc[:-1], num_samples=N).key
-    path = corpus.path[0]
-    st = os.stat(path)
-    try:
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        assert a.key != FeatureCache(tmp_path, fe, corpus, num_samples=N).key
-    finally:
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def test_killed_build_is_never_taken_as_finished(corpus, tmp_path, monkeypatch):
-    class Exploding(LogMel):
-        calls = 0
-
-        def forward(self, wave):
-            Exploding.calls += 1
-            if Exploding.calls > 1:
-                raise KeyboardInterrupt  # as a user's Ctrl-C mid-build
-            return super().forward(wave)
-
-    cache = FeatureCache(tmp_path, Exploding(), corpus, num_samples=N)
-    with pytest.raises(KeyboardInterrupt):
-        cache.build(batch_size=2, progress=False)
-    assert not cache.complete and not cache.path.exists()
-    assert not list(tmp_path.glob(".*.tmp"))  # cleaned up on the way out
-    # a leftover of a process killed with SIGKILL: a temp folder of a dead pid
-    import socket
-
-    dead = tmp_path / f".{cache.key}.{socket.gethostname()}.999999999.x.tmp"
-    dead.mkdir()
-    (dead / "meta.json").write_text(json.dumps({"key": cache.key}))
-    assert not cache.complete
-    with pytest.raises(NcdetectError, match="not built"):
-        cache.dataset()
-    built = FeatureCache(tmp_path, LogMel(), corpus, num_samples=N).build(progress=False)
-    assert not dead.exists()
-    # a cache whose features were damaged afterwards is refused with a message, not a numpy traceback
-    (built.path / "features.npy").write_bytes(b"garbage")
-    with pytest.raises(NcdetectError, match=r"features\.npy"):
-        built.dataset()
-
-
-def test_cache_float16_and_workers(corpus, tmp_path):
-    fe = LogMel()
-    c32 = FeatureCache(tmp_path, fe, corpus, num_samples=N).build(progress=False)
-    c16 = FeatureCache(tmp_path, fe, corpus, num_samples=N, dtype="float16").build(num_workers=2,
-                                                                                   progress=False)
-    assert np.load(c16.path / "features.npy", mmap_mode="r").dtype == np.float16
-    a, b = c32.dataset(), c16.dataset()
-    for i in range(len(corpus) - 1):
-        assert torch.max(torch.abs(a[i]["features"] - b[i]["features"])) < 0.01
-    # the memory map is reopened in each worker, not pickled with the dataset
-    ds = CachedFeatureDataset(c32.path, train=True)
-    ds.features  # noqa: B018 - open it in the parent first
-    assert ds.__getstate__()["_features"] is None
-    loader = make_loader(ds, batch_size=4, shuffle=True, num_workers=2)
-    n = sum(len(b["index"]) for b in loader)
-    assert n == len(corpus) - 1

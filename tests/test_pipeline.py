@@ -341,3 +341,37 @@ def test_a_step_budget_gives_every_compact_model_the_full_data_steps(tmp_path):
     both = [yaml.safe_load(p.read_text())["optim"]
             for p in out.glob("compact/random-r0.25-s0-*/*/config.yaml")]
     assert sorted((c["steps"], c["warmup_steps"]) for c in both) == [(6, 3), (12, 6)]
+
+
+def test_learned_layer_weights_reach_results_json_and_the_report(tmp_path):
+    """Compact models on two layers of the PyTorch Whisper encoder: each run's learned weights, their mean
+    over the seeds of its table row, and a report section with one row per model that has them."""
+    configs = Path(__file__).parents[1] / "src/ncdetect/configs"
+
+    def whisper_compact(recipe: dict) -> None:
+        recipe["sampling"].update(strategies=["random"], headline="random")
+        recipe["compact"] = {"config": str(configs / "whisper_attn_mlp.yaml"), "set": {
+            "optim.epochs": 1, "data.num_samples": 8000, "data.batch_size": 8, "model.kwargs.hidden": 32,
+            "model.embedding_dim": 16, "model.kwargs.attention_dim": 16, "frontend.kwargs.backend": "torch",
+            "frontend.kwargs.layers": [0, 1], "frontend.kwargs.threads": 1, "train.threads": 1,
+            "optim.layer_weights_lr": 0.2}}
+
+    path = _recipe_with(write_recipe(tmp_path / "data", rates=(0.5,), seeds=(0, 1)), whisper_compact)
+    out = tmp_path / "out"
+    results = run_recipe(load_recipe(path), out, log=lambda m: None)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["sources"]["src_a"]["layer_weights"] is None  # tiny_resnet on log-mel: no weighting
+    runs = {(r["strategy"], r["rate"], r["seed"]): r for r in on_disk["runs"]}
+    for key, compact in results_runs(out).items():
+        mix = json.loads((compact["run"] / "metrics.json").read_text())["layer_weights"]
+        assert runs[key]["layer_weights"] == mix and mix["layers"] == [0, 1]
+    md = (out / "report.md").read_text()
+    assert "## Learned layer weights" in md
+    for row in results["table"]:
+        seeds = [runs[(row["strategy"], row["rate"], s)]["layer_weights"]["weights"] for s in (0, 1)]
+        mean = [(a + b) / 2 for a, b in zip(*seeds, strict=True)]
+        assert row["layer_weights"]["weights"] == pytest.approx(mean, abs=1e-6)
+        assert row["layer_weights"]["layers"] == [0, 1] and seeds[0] != seeds[1]
+        name = "full data" if row["strategy"] == "full" else f"{row['strategy']}@{row['rate']:g}"
+        assert f"| {name} | 2 | {mean[0]:.3f} ± " in md
+    assert "source src_a" not in md.split("## Learned layer weights")[1].split("##")[0]

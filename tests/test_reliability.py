@@ -184,7 +184,8 @@ _ALLOWED = {
         "self.path": "train.log is appended line by line; a log is never taken for a finished artifact",
     },
     "runs.py": {"tmp_file": "save_weights sorts the header of its atomic_path temporary in place"},
-    "data/cache.py": {"tmp": "the cache is built in a temporary folder that is renamed into place whole"},
+    "data/features.py": {"tmp": "a feature store shard is built in a temporary folder that is renamed into "
+                                "place whole"},
     "data/whisper.py": {"tmp": "the cut encoder is written in a temporary folder that is renamed into place "
                                "whole"},
     "embed.py": {"shard_npy": "a per-process scratch shard (hidden name), removed after the merge or on a "
@@ -515,29 +516,29 @@ def test_disk_filling_during_embedding_is_an_error_not_a_crash(tmp_path, run_dir
 
 
 @needs_mount
-def test_disk_filling_during_the_feature_cache_build(tmp_path, monkeypatch, toy_manifest):
-    """The feature cache is a memory map too: a full disk is a one-line error and no partial cache."""
-    from ncdetect.data.cache import FeatureCache
+def test_disk_filling_during_the_feature_store_build(tmp_path, monkeypatch, toy_manifest):
+    """A feature store shard is a folder of memory maps: a full disk is a one-line error naming the shard,
+    and no partial shard is left."""
+    import ncdetect.data.features as features_mod
+    from ncdetect.data.features import FeatureStore, WindowPolicy
     from ncdetect.data.frontends import build_frontend
 
     df = read_manifest(toy_manifest)
     with tmpfs(tmp_path / "disk", size="1m") as disk:
-        cache = FeatureCache(disk / "cache", build_frontend("logmel"), df, num_samples=16000)
-        import ncdetect.data.cache as cache_mod
-
-        real = cache_mod.ensure_writable_dir
+        store = FeatureStore(disk / "store", build_frontend("logmel"))
+        real = features_mod.ensure_writable_dir
 
         def check_then_fill(path):
             out = real(path)
             fill(disk)
             return out
 
-        monkeypatch.setattr(cache_mod, "ensure_writable_dir", check_then_fill)
+        monkeypatch.setattr(features_mod, "ensure_writable_dir", check_then_fill)
         with pytest.raises(NcdetectError, match="No space left on device") as err:
-            cache.build(progress=False)
-        assert "features.npy" in str(err.value)
-        assert not cache.complete
-        assert sorted(p.name for p in (disk / "cache").iterdir()) == []
+            store.build(df, WindowPolicy(16000), progress=False)
+        assert str(store.path / "shards") in str(err.value) and "\n" not in str(err.value)
+        assert sorted(p.name for p in (store.path / "shards").iterdir()) == []
+        assert not store.refresh()._rows  # nothing a reader could take for a built row
 
 
 # ========================================================================================== paths

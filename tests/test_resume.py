@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import resume_after_epoch_1
 from ncdetect.config import load_config
 from ncdetect.errors import ConfigError
 from ncdetect.train import load_checkpoint, save_checkpoint, train
@@ -89,37 +90,12 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, toy_manifest, toy_dev_m
 def test_resume_in_process_matches(tmp_path, toy_manifest, monkeypatch):
     """The same property in-process and fast: a 2-epoch run is rolled back to its epoch-1 checkpoint, as
     if it had crashed during epoch 2, and resumed."""
-    from ncdetect import train as train_mod
-
     # ConvNeXt with stochastic depth: its drop masks come from the global torch RNG, which must be restored.
     cfg = load_config(None, [*SETTINGS[:3], "model.name=convnext_atto", "model.kwargs.dims=[8, 16, 32, 64]",
                              "model.kwargs.depths=[1, 1, 1, 1]", "model.kwargs.drop_path=0.3",
                              "model.embedding_dim=32", "optim.epochs=2", "train.threads=1",
                              "augment.specaugment=true"])
-    whole = tmp_path / "whole"
-    train(cfg, toy_manifest, whole, progress=False)
-
-    crashed = tmp_path / "crashed"
-    saved: dict = {}
-    real_save = train_mod.save_checkpoint
-
-    def keep_first(run_dir, tensors, meta):
-        if meta["epoch"] == 1:
-            saved["state"] = ({k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(meta)))
-        return real_save(run_dir, tensors, meta)
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", keep_first)
-    train(cfg, toy_manifest, crashed, progress=False)
-    monkeypatch.undo()
-    for name in ("metrics.json", "model.safetensors"):
-        (crashed / name).unlink()
-    save_checkpoint(crashed, *saved["state"])
-    assert load_checkpoint(crashed)[1]["epoch"] == 1
-
-    train(cfg, toy_manifest, crashed, resume=True, progress=False)
-    a, b = load_file(whole / "model.safetensors"), load_file(crashed / "model.safetensors")
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    resume_after_epoch_1(cfg, toy_manifest, tmp_path, monkeypatch)
 
 
 def test_resume_refuses_a_changed_config(tmp_path, toy_manifest):

@@ -129,7 +129,7 @@ def test_augmented_and_cached_training(tmp_path, toy_manifest, toy_dev_manifest)
     assert math.isfinite(aug["epochs"][0]["train_loss"])
     cached = train(fast_config("data.feature_cache=true", "augment.specaugment=true", epochs=2), toy_manifest,
                    tmp_path / "cached", dev_manifest=toy_dev_manifest, progress=False)
-    assert any((tmp_path / "cached" / "feature_cache").iterdir())
+    assert list((tmp_path / "cached" / "features").glob("logmel-*/float32/shards/*/meta.json"))
     assert all(math.isfinite(e["train_loss"]) for e in cached["epochs"])
 
 

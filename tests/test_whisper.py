@@ -1,5 +1,5 @@
 """The frozen Whisper encoder front-end: its log-mel against a reference, shapes, freezing, the feature
-cache (the encoder runs once per utterance), determinism, the missing-model error, and the commands.
+store (the encoder runs once per window), determinism, the missing-model error, and the commands.
 
 Runs on the tiny.en of the extra ``ncdetect[whisper]``, which ``make test`` installs.
 """
@@ -22,7 +22,7 @@ from safetensors import safe_open
 from conftest import make_corpus, synth_utterance
 from ncdetect.config import load_config
 from ncdetect.data import whisper
-from ncdetect.data.cache import FeatureCache
+from ncdetect.data.features import FeatureStore, WindowPolicy
 from ncdetect.data.frontends import FRONTENDS, build_frontend
 from ncdetect.data.manifest import read_manifest
 from ncdetect.data.whisper import WhisperFrontend, WhisperLogMel
@@ -135,39 +135,42 @@ def test_missing_model_on_the_command_line(tmp_path, toy_manifest):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_copied_model_directory_works_and_is_part_of_the_cache_key(tmp_path, toy_manifest):
+def test_a_copied_model_directory_works_and_is_part_of_the_store_identity(tmp_path):
     copy = tmp_path / "tiny"
     shutil.copytree(whisper.bundled_model_dir(), copy)
     a = build_frontend("whisper", model_dir=str(copy), threads=1)
-    df = read_manifest(toy_manifest).iloc[:4]
-    key = FeatureCache(tmp_path / "c", a, df, num_samples=16_000).key
+    identity = FeatureStore(tmp_path / "c", a).identity
     (copy / "model.bin").touch()  # the same directory with (as far as anyone can tell) other weights
-    assert FeatureCache(tmp_path / "c", a, df, num_samples=16_000).key != key
+    b = build_frontend("whisper", model_dir=str(copy), threads=1)
+    assert FeatureStore(tmp_path / "c", b).identity != identity
 
 
-def test_feature_cache_runs_the_encoder_once_per_utterance(tmp_path, toy_manifest, fe):
+def test_the_store_runs_the_encoder_once_per_window(tmp_path, toy_manifest, fe):
     df = read_manifest(toy_manifest)
-    cache = FeatureCache(tmp_path / "cache", fe, df, num_samples=16_000)
-    assert cache.dtype == "float16"
+    store = FeatureStore(tmp_path / "store", fe)
+    policy = WindowPolicy(16_000)
+    assert store.dtype == "float16"
     start = fe.encoder.windows
-    cache.build(batch_size=8, progress=False)
-    assert fe.encoder.windows - start == len(df)
-    ds = cache.dataset(train=True, seed=0)
+    built = store.build(df, policy, train=True, batch_size=8, progress=False)
+    built_eval = store.build(df, policy, batch_size=8, progress=False)
+    assert built_eval["encoded"] == 0  # the evaluation window is a training window (offset 0)
+    assert fe.encoder.windows - start == built["encoded"] == built["windows"] >= len(df)
+    ds = store.dataset(df, policy, train=True, seed=0)
     for epoch in range(3):
         ds.set_epoch(epoch)
         items = [ds[i] for i in range(len(ds))]
-    assert fe.encoder.windows - start == len(df)  # epochs read the cache, not the encoder
-    again = FeatureCache(tmp_path / "cache", fe, df, num_samples=16_000).build(progress=False)
-    assert fe.encoder.windows - start == len(df)  # a complete cache is not rebuilt
-    assert np.load(again.path / "features.npy", mmap_mode="r").dtype == np.float16
+    assert fe.encoder.windows - start == built["windows"]  # epochs read the store, not the encoder
+    assert store.build(df, policy, train=True, progress=False)["encoded"] == 0  # nothing rebuilt
+    assert FeatureStore(tmp_path / "store", fe).build(df, policy, train=True, progress=False)["encoded"] == 0
+    assert fe.encoder.windows - start == built["windows"]
     assert items[0]["features"].shape == (1, 384, fe.num_frames(16_000))
-    # The cached (first-window) features are the encoder's output, to float16 precision.
+    # The stored evaluation window is the encoder's output on the scoring window, to float16 precision.
     from ncdetect.data.audio import load_audio, tile_pad
 
-    wave = tile_pad(load_audio(df["path"].iloc[0], SR, duration=24_000 / SR), 24_000)
-    direct = fe(torch.from_numpy(wave)[None])[0, 0, :, : ds.frames]
-    cached = ds.features[0, :, : ds.frames].astype(np.float32)
-    np.testing.assert_allclose(cached, direct.numpy(), atol=0.02)
+    wave = tile_pad(load_audio(df["path"].iloc[0], SR, duration=16_000 / SR), 16_000)
+    direct = fe(torch.from_numpy(wave)[None])[0]
+    stored = store.dataset(df, policy)[0]["features"]
+    np.testing.assert_allclose(stored.numpy(), direct.numpy(), atol=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +194,7 @@ def test_training_stores_only_the_head(whisper_run):
     assert keys and all(k.startswith(("trunk.", "embedding.", "head.")) for k in keys)
     metrics = json.loads((whisper_run / "metrics.json").read_text())
     assert metrics["finished"] and len(metrics["epochs"]) == 2
-    assert list((whisper_run / "feature_cache").glob("*/features.npy"))
+    assert list((whisper_run / "features").glob("whisper-*/float16/shards/*/rows.csv"))
 
 
 def test_detect_score_and_embed_with_a_whisper_run(whisper_run, tmp_path):

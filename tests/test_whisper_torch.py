@@ -18,7 +18,7 @@ import torch
 from ncdetect.config import load_config
 from ncdetect.data import whisper
 from ncdetect.data.frontends import build_frontend
-from ncdetect.data.whisper_torch import _dequantised, load_encoder_weights, parse_layers
+from ncdetect.data.whisper_torch import _dequantised, load_encoder_weights, parse_layers, read_variables
 from ncdetect.errors import ConfigError
 
 SR = 16_000
@@ -123,6 +123,24 @@ def test_quantised_weights_are_descaled():
     np.testing.assert_allclose(out["a/weight"], [[1.0, -64 / 127], [2.0, 0.0]])
 
 
+def test_one_reader_walks_model_bin_for_both_backends(tmp_path):
+    """The variable table that the torch backend loads from is the one that `layers: N` cuts: records
+    back to back from the header to the aliases; a damaged file is a one-line error naming it."""
+    from ncdetect.data.whisper_torch import scan_model_bin
+
+    model_bin = whisper.bundled_model_dir() / "model.bin"
+    table = scan_model_bin(model_bin)
+    assert table.variables[0].start == table.header + 4 and table.variables[-1].end == table.aliases
+    assert all(a.end == b.start for a, b in zip(table.variables, table.variables[1:], strict=False))
+    assert whisper.encoder_layers(whisper.bundled_model_dir()) == 4
+    data = model_bin.read_bytes()
+    for name, damaged in (("cut.bin", data[: table.variables[3].data + 10]),
+                          ("old.bin", (4).to_bytes(4, "little") + data[4:200])):
+        (tmp_path / name).write_bytes(damaged)
+        with pytest.raises(ConfigError, match=rf"{name}: (not a readable|CTranslate2 model format 4)"):
+            read_variables(tmp_path / name)
+
+
 def _model(overrides: list[str]):
     from ncdetect.runs import build_frontend as build_fe
     from ncdetect.runs import build_model
@@ -208,39 +226,17 @@ def test_a_finetuned_run_holds_its_encoder_and_layer_weights(finetune_run):
 
     run = load_run(finetune_run)  # rebuilt from config.yaml and the weights: the fine-tuned encoder
     assert torch.equal(run.model.encoder.encoder.conv1.weight, saved["encoder.encoder.conv1.weight"])
+    # The feature store holds the frozen part only, the log-mel; the trained encoder runs at every step.
+    stored = list((finetune_run / "features").glob("whisper-*/float16/shards/*/w*.npy"))
+    assert stored and all(np.load(f, mmap_mode="r").shape[1] == 80 for f in stored)
 
 
 def test_finetuning_resumes_bit_for_bit(tmp_path, toy_manifest, monkeypatch):
-    import json
-
-    from safetensors.torch import load_file
-
-    from ncdetect import train as train_mod
-    from ncdetect.train import save_checkpoint, train
+    from conftest import resume_after_epoch_1
 
     cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", FINETUNE)
-    whole = tmp_path / "whole"
-    train(cfg, toy_manifest, whole, progress=False)
-    crashed, saved = tmp_path / "crashed", {}
-    real_save = train_mod.save_checkpoint
-
-    def keep_first(run_dir, tensors, meta):
-        if meta["epoch"] == 1:
-            saved["state"] = ({k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(meta)))
-        return real_save(run_dir, tensors, meta)
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", keep_first)
-    train(cfg, toy_manifest, crashed, progress=False)
-    monkeypatch.undo()
-    for name in ("metrics.json", "model.safetensors"):
-        (crashed / name).unlink()
-    save_checkpoint(crashed, *saved["state"])
-    assert any(k.startswith("model.encoder.") for k in saved["state"][0])
-    train(cfg, toy_manifest, crashed, resume=True, progress=False)
-    a, b = load_file(whole / "model.safetensors"), load_file(crashed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    checkpoint = resume_after_epoch_1(cfg, toy_manifest, tmp_path, monkeypatch)
+    assert any(k.startswith("model.encoder.") for k in checkpoint)  # the fine-tuned encoder is resumed
 
 
 def _onnx_matches(run_dir: Path, out: Path) -> None:
@@ -275,8 +271,42 @@ def test_a_frozen_torch_backend_run_with_every_layer_exports(tmp_path, toy_manif
     cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", [*settings, "frontend.kwargs.layers=all",
                                                           "optim.epochs=1"])
     train(cfg, toy_manifest, tmp_path / "run", progress=False)
-    (cache,) = (tmp_path / "run" / "feature_cache").glob("*/features.npy")
-    assert np.load(cache, mmap_mode="r").shape[1] == 5 * 384  # the cache holds every layer, stacked
+    stored = list((tmp_path / "run" / "features").glob("whisper-*/float16/shards/*/w*.npy"))
+    assert stored and all(np.load(f, mmap_mode="r").shape[1] == 5 * 384 for f in stored)  # every layer
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["layer_weights"]["layers"] == [0, 1, 2,
                                                                                                     3, 4]
     _onnx_matches(tmp_path / "run", tmp_path / "frozen.onnx")
+
+
+def test_the_encoder_and_the_layer_weights_get_their_own_learning_rates():
+    from ncdetect.train import _param_groups
+
+    cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", [
+        "frontend.kwargs.backend=torch", "frontend.kwargs.layers=[0,1]", "frontend.kwargs.finetune=1",
+        "optim.frontend_lr=0.0001", "optim.layer_weights_lr=0.05"])
+    _, model = _model(["frontend.kwargs.layers=[0,1]", "frontend.kwargs.finetune=1"])
+    groups = _param_groups(model, cfg)
+    ids = {id(p): g.get("base_lr") for g in groups for p in g["params"]}
+    assert ids[id(model.layer_weights.logits)] == 0.05
+    assert ids[id(model.encoder.encoder.conv1.weight)] == 0.0001
+    assert ids[id(model.head.weight)] is None  # the model's own groups follow optim.lr
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(ids) == trainable and len(ids) == sum(len(g["params"]) for g in groups)
+
+
+def test_layer_weights_lr_drives_the_weighting_in_training(tmp_path, toy_manifest):
+    """Two otherwise equal 1-epoch runs: at optim.lr the few softmax logits hardly move; at their own
+    higher rate they move by far more (Adam steps each logit by about its group's rate)."""
+    import json
+
+    from ncdetect.train import train
+
+    settings = [s for s in FINETUNE if "finetune" not in s and "layers" not in s and "frontend_lr" not in s]
+    spread = {}
+    for name, extra in (("shared", []), ("own", ["optim.layer_weights_lr=0.2"])):
+        cfg = load_config(CONFIGS / "whisper_attn_mlp.yaml", [*settings, "frontend.kwargs.layers=[0,1,4]",
+                                                              "optim.epochs=1", *extra])
+        train(cfg, toy_manifest, tmp_path / name, progress=False)
+        weights = json.loads((tmp_path / name / "metrics.json").read_text())["layer_weights"]["weights"]
+        spread[name] = max(weights) - min(weights)
+    assert spread["own"] > 10 * spread["shared"] and spread["own"] > 0.01

@@ -15,6 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
+# Settings that change how a run goes, not what it produces: the pipeline's stage keys leave them out, so
+# moving the feature store or changing the worker or thread counts reuses finished stages.
+NOT_RESULT_SETTINGS = (("data", "cache_dir"), ("data", "num_workers"), ("train", "threads"))
+
+
+def result_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as a dict without :data:`NOT_RESULT_SETTINGS`: what a stage key hashes."""
+    out = cfg.model_dump(mode="json")
+    for section, key in NOT_RESULT_SETTINGS:
+        out.get(section, {}).pop(key, None)
+    return out
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -38,8 +50,10 @@ class DataConfig(_Section):
     trim_silence: bool = False
     batch_size: int = Field(32, ge=1, description="per process; the global batch is this x world size")
     num_workers: int = Field(2, ge=0)
-    feature_cache: bool = False
-    cache_dir: str | None = None  # default: RUN/feature_cache
+    feature_cache: bool = False  # read features from the feature store (data/features.py)
+    cache_dir: str | None = None  # the feature store's folder; default: RUN/features (or the experiment's)
+    crops: int = Field(3, ge=1, description="training windows per utterance, each encoded on its own, for "
+                                            "front-ends that are not shift-invariant (Whisper)")
 
 
 class OptimConfig(_Section):
@@ -60,6 +74,9 @@ class OptimConfig(_Section):
     # The peak learning rate of a front-end part that the model trains (frontend.kwargs.finetune: the
     # Whisper stem and first layers), on the same warm-up and cosine schedule; null = lr.
     frontend_lr: float | None = Field(None, gt=0)
+    # The peak learning rate of the learned layer weighting (frontend.kwargs.layers: all or a list), on the
+    # same schedule; null = lr. Its few logits need a higher rate than the head to move in a short run.
+    layer_weights_lr: float | None = Field(None, gt=0)
 
 
 class LossConfig(_Section):

@@ -40,16 +40,19 @@ def embed_manifest(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    store: str | Path | None = None,
 ) -> Path:
     """Write the embedding folder of ``manifest`` under ``run_dir``'s model; returns ``out_dir``.
 
     With ``skip_bad``, unreadable files are left out (of all three files consistently) and listed in
-    ``out_dir/skipped.csv``; without it the first one stops the run, naming the file.
+    ``out_dir/skipped.csv``; without it the first one stops the run, naming the file. ``store``: read the
+    features from the feature store in that folder (see :func:`~ncdetect.score.eval_dataset`).
     """
-    from .data.dataset import AudioDataset, write_skipped
+    from .data.dataset import write_skipped
     from .data.manifest import read_manifest
     from .distributed import barrier, init_distributed
     from .runs import load_run, resolve_device
+    from .score import eval_dataset
 
     out_dir = Path(out_dir)
     env = init_distributed(device)
@@ -66,9 +69,10 @@ def embed_manifest(
     # ---- this process's contiguous share, embedded into its shard file
     n, dim = len(df), run.model.embedding_dim
     lo, hi = env.rank * n // env.world, (env.rank + 1) * n // env.world
-    dataset = AudioDataset(
-        df, num_samples=run.num_samples, train=False, trim_silence=run.config.data.trim_silence
-    )
+    if env.is_main:  # the store's missing rows are computed once, by process 0
+        eval_dataset(run, df, store, batch_size, num_workers, progress)
+    barrier(env)
+    dataset = eval_dataset(run, df, store, batch_size, num_workers, False)
     try:
         _embed_shard(run, dataset, lo, hi, env.rank, out_dir, batch_size, skip_bad, num_workers,
                      progress and env.is_main)

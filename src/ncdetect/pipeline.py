@@ -2,6 +2,8 @@
 
 Stages, in order:
   1. prepare   - manifests for every source, dev and target set (filtered and capped as the recipe says)
+     features  - every front-end window that later stages read, computed once into the feature store
+                 (models with ``data.feature_cache``; see feature_stage.py and data/features.py)
   2. source    - train each source model on its own corpus
   3. embed     - penultimate embeddings of each source's training set
   4. collapse  - NC1-NC4 of each source
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from .errors import NcdetectError
+from .feature_stage import build_stores, counted, feature_counts, run_store, with_store
 from .fileio import ensure_writable_dir, write_json, write_yaml
 from .recipe import FULL, CompactSpec, DataSpec, Recipe, SourceSpec, VariantSpec
 from .runs import METRICS_FILE
@@ -110,11 +113,13 @@ class CompactRun:
     scores: dict[str, dict] = field(default_factory=dict)
     # {"calibration": the dev-fitted map, "targets": {target: calibrated_metrics}} (filled by calibrate)
     calibration: dict | None = None
+    # the learned weighting over the front-end's layers ({"layers", "weights"}); None without one
+    layer_weights: dict | None = None
 
     def summary(self) -> dict[str, Any]:
         """What results.json records of the training."""
         return {"n_train": self.n_train, "train_seconds": self.train_seconds, "steps": self.steps,
-                "epochs": self.epochs}
+                "epochs": self.epochs, "layer_weights": self.layer_weights}
 
 
 @dataclass
@@ -136,6 +141,8 @@ class Experiment:
     # (selection, rate, seed) -> its model; two selections with the same rows share one CompactRun
     compact_runs: dict[tuple[str, float, int], CompactRun] = field(default_factory=dict)
     scores: dict[tuple[str, str], dict] = field(default_factory=dict)  # (source model, evaluation set)
+    features: dict[str, dict] = field(default_factory=dict)  # front-end identity -> its store's counts
+    counted_stages: set[str] = field(default_factory=set)  # the stages whose encoding this run counts
 
     def stage(self, kind: str, name: str, payload: Any) -> Stage:
         key = _key(payload)
@@ -144,7 +151,7 @@ class Experiment:
     def run_stage(self, kind: str, name: str, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
         try:
-            result = fn()
+            result = counted(self, f"{kind}/{name}", fn)
         except NcdetectError as err:
             raise NcdetectError(f"stage '{kind}' ({name}) failed: {err}") from err
         except Exception as err:
@@ -258,6 +265,27 @@ def _check_unseen_targets(exp: Experiment) -> list[dict]:
     return found
 
 
+# --- features -------------------------------------------------------------------------------------
+
+
+def stage_features(exp: Experiment) -> None:
+    """The windows every model will read (see feature_stage.py): a source's training and evaluation sets
+    (with cross-source selections, every source's training set), and the compact model's union."""
+    recipe, seed = exp.recipe, exp.recipe.seeds[0]
+    targets = [t.name for t in recipe.targets]
+    devs = [f"{s.name}/dev" for s in recipe.sources if f"{s.name}/dev" in exp.manifests]
+    plans = []
+    for src in recipe.sources:
+        own = [f"{src.name}/train"]
+        embedded = [f"{s.name}/train" for s in recipe.sources] if _cross_source(recipe) else own
+        dev = [f"{src.name}/dev"] if f"{src.name}/dev" in exp.manifests else []
+        plans.append((_stage_config(exp, src.config, src.set, seed), own, [*embedded, *dev, *targets],
+                      f"source {src.name}"))
+    plans.append((_stage_config(exp, recipe.compact.config, recipe.compact.set, seed), ["union"],
+                  [*targets, *devs], "compact"))
+    build_stores(exp, plans)
+
+
 # --- 2. source models ----------------------------------------------------------------------------
 
 
@@ -265,6 +293,17 @@ def _train_config(config: Path | None, overrides: dict[str, Any], seed: int):
     from .config import load_config
 
     return load_config(config, values={**overrides, "train.seed": seed})
+
+
+def _stage_config(exp: Experiment, config: Path | None, overrides: dict[str, Any], seed: int):
+    """The config a stage trains with, reading its features from the experiment's store."""
+    return with_store(exp, _train_config(config, overrides, seed))
+
+
+def _config_key(cfg) -> dict[str, Any]:
+    from .config import result_settings
+
+    return result_settings(cfg)
 
 
 def _train(stage: Stage, cfg, train_manifest: Path, dev_manifest: Path | None) -> dict:
@@ -287,8 +326,8 @@ def stage_sources(exp: Experiment) -> None:
         dev_m = exp.manifests.get(f"{src.name}/dev")
 
         def train_source(src: SourceSpec = src, train_m: Path = train_m, dev_m: Path | None = dev_m) -> Stage:
-            cfg = _train_config(src.config, src.set, seed)
-            stage = exp.stage("sources", src.name, {"config": cfg.model_dump(mode="json"),
+            cfg = _stage_config(exp, src.config, src.set, seed)
+            stage = exp.stage("sources", src.name, {"config": _config_key(cfg),
                                                     "train": _file_digest(train_m),
                                                     "dev": dev_m and _file_digest(dev_m)})
             _train(stage, cfg, train_m, dev_m)
@@ -314,7 +353,8 @@ def stage_embed_and_collapse(exp: Experiment) -> None:
 
         def embed(stage: Stage = stage, emb_dir: Path = emb_dir, name: str = src.name) -> dict:
             if not stage.done:
-                embed_manifest(exp.source_runs[name], exp.manifests[f"{name}/train"], emb_dir)
+                run = exp.source_runs[name]
+                embed_manifest(run, exp.manifests[f"{name}/train"], emb_dir, store=run_store(run))
                 emb = load_embeddings(emb_dir)
                 metrics = nc_metrics(emb.embeddings, label_ids(emb.index["label"]), emb.W, emb.b)
                 write_json(stage.dir / "collapse.json", metrics)
@@ -343,7 +383,8 @@ def _embed_across_sources(exp: Experiment) -> None:
             def embed(stage: Stage = stage, emb_dir: Path = emb_dir, model: str = model.name,
                       data: str = data.name) -> None:
                 if not stage.done:
-                    embed_manifest(exp.source_runs[model], exp.manifests[f"{data}/train"], emb_dir)
+                    run = exp.source_runs[model]
+                    embed_manifest(run, exp.manifests[f"{data}/train"], emb_dir, store=run_store(run))
                     stage.finish()
 
             exp.run_stage("embed", name, embed)
@@ -438,15 +479,15 @@ def stage_compact(exp: Experiment) -> None:
     # training set is trained, and later scored, once.
     trained: dict[str, CompactRun] = {}
     for seed in exp.recipe.seeds:
-        base = _train_config(compact.config, compact.set, seed)
+        base = _stage_config(exp, compact.config, compact.set, seed)
         for (strategy, rate, sample_seed), manifest in exp.samples.items():
             # A selection that does not depend on the seed is drawn once and shared by every seed.
             if sample_seed != seed and not _seed_free(variants[strategy]):
                 continue
             name = _run_name(strategy, rate, seed)
             budget = _step_budget(compact, base, _rows(manifest), n_full)
-            cfg = _train_config(compact.config, {**compact.set, **budget}, seed) if budget else base
-            stage = exp.stage("compact", name, {"config": cfg.model_dump(mode="json"),
+            cfg = _stage_config(exp, compact.config, {**compact.set, **budget}, seed) if budget else base
+            stage = exp.stage("compact", name, {"config": _config_key(cfg),
                                                 "train": _file_digest(manifest)})
             if stage.key in trained:
                 exp.log(f"[compact] {name}: the same training set as {trained[stage.key].name}; reused")
@@ -459,7 +500,8 @@ def stage_compact(exp: Experiment) -> None:
                 return CompactRun(name=name, run=stage.run_dir, key=stage.key,
                                   n_train=int(metrics["n_train"]),
                                   train_seconds=float(stage.info()["train_seconds"]),
-                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]))
+                                  steps=int(metrics["steps"]), epochs=len(metrics["epochs"]),
+                                  layer_weights=metrics.get("layer_weights"))
 
             trained[stage.key] = exp.compact_runs[(strategy, rate, seed)] = exp.run_stage(
                 "compact", name, train_compact)
@@ -477,7 +519,7 @@ def _score(exp: Experiment, model_name: str, run: Path, run_key: str, eval_name:
                       {"run": run_key, "manifest": _file_digest(manifest)})
     scores_csv = stage.dir / "scores.csv"
     if not stage.done:
-        df = score_manifest(run, manifest, scores_csv)
+        df = score_manifest(run, manifest, scores_csv, store=run_store(run))
         result = evaluate_scores(df, n_bootstrap=exp.recipe.report.bootstrap, seed=exp.recipe.seeds[0])
         write_json(stage.dir / "evaluation.json", result)
         stage.finish()
@@ -555,6 +597,7 @@ def stage_report(exp: Experiment) -> dict:
     results = collect_results(exp)
     results["trivial_cues"] = _trivial_cues(exp)
     results["figures"] = _figures(exp, results)
+    results["features"] = feature_counts(exp)
     write_json(exp.out / "results.json", results)
     write_report(results, exp.out)
     return results
@@ -613,7 +656,7 @@ def _det_systems(exp: Experiment, results: dict, target: str) -> dict[str, Path]
 
 # --- entry points --------------------------------------------------------------------------------
 
-STAGES = [stage_prepare, stage_sources, stage_embed_and_collapse, stage_sample, stage_compact,
+STAGES = [stage_prepare, stage_features, stage_sources, stage_embed_and_collapse, stage_sample, stage_compact,
           stage_evaluate, stage_calibrate, stage_report]
 
 

@@ -150,6 +150,8 @@ def build_blocks(results: dict) -> list[Block]:
         [name, str(s["model"]), _pct(s["dev_eer"]), *[_pct(s["target_eer"][t]) for t in targets]]
         for name, s in results["sources"].items()]))
 
+    blocks += _layer_weight_blocks(results)
+
     blocks.append("## Neural collapse of the source models")
     blocks.append("Over each source model's embeddings of its own training set. NC1 is the within-class "
                   "variability relative to the between-class spread (lower = more collapsed); NC2 measures "
@@ -289,6 +291,26 @@ def _calibration_blocks(results: dict) -> list[Block]:
             [[_row_name(r), *[_fmt3(r.get(f"{k}_{target}_mean")) for k in (
                 "min_dcf", "act_dcf", "act_dcf_gap", "act_dcf_raw", "cllr", "min_cllr")]] for r in rows]))
     return blocks
+
+
+def _layer_weight_blocks(results: dict) -> list[Block]:
+    """The softmax weights that the models with a layer weighting learned over the front-end's layers."""
+    models = [(f"source {name}", s.get("layer_weights"), 1) for name, s in results["sources"].items()]
+    models += [(_row_name(r), r.get("layer_weights"), r["n_seeds"]) for r in results["table"]]
+    models = [(name, mix, n) for name, mix, n in models if mix]
+    if not models:
+        return []
+    layers = sorted({layer for _, mix, _ in models for layer in mix["layers"]})
+    rows = []
+    for name, mix, n in models:
+        std = mix.get("std") or [0.0] * len(mix["layers"])
+        cells = {layer: f"{w:.3f}" + (f" ± {sd:.3f}" if n > 1 else "")
+                 for layer, w, sd in zip(mix["layers"], mix["weights"], std, strict=True)}
+        rows.append([name, str(n), *[cells.get(layer, "–") for layer in layers]])
+    return ["## Learned layer weights",
+            "The softmax weights that each model learned over its front-end's layers (layer 0 = the "
+            "encoder's stem; 1 / number of layers each at the start), mean ± std over seeds.",
+            Table(["model", "seeds", *[f"layer {layer}" for layer in layers]], rows)]
 
 
 def _fmt3(x: float | None) -> str:

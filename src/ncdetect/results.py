@@ -46,6 +46,16 @@ def _mean_std_known(values: list[float | None]) -> tuple[float | None, float | N
     return (None, None) if any(v is None for v in values) else _mean_std(values)  # type: ignore[arg-type]
 
 
+def _mean_layer_weights(mixes: list[dict | None]) -> dict | None:
+    """The learned layer weights of one table row, mean and std over its seeds; None when its models have
+    no weighting (every seed of a row trains the same config, so the same layers)."""
+    if not mixes or any(m is None for m in mixes):
+        return None
+    per_layer = [_mean_std(list(col)) for col in zip(*(m["weights"] for m in mixes), strict=True)]
+    return {"layers": mixes[0]["layers"], "weights": [round(mean, 6) for mean, _ in per_layer],
+            "std": [round(std, 6) for _, std in per_layer]}
+
+
 def _calibrated(compact: Any, target: str, key: str) -> float | None:
     return ((compact.calibration or {}).get("targets") or {}).get(target, {}).get(key)
 
@@ -72,8 +82,10 @@ def collect_results(exp: Experiment) -> dict:
         "table": [],
     }
     for src in recipe.sources:
+        metrics = json.loads((exp.source_runs[src.name] / METRICS_FILE).read_text())
         results["sources"][src.name] = {
-            "model": json.loads((exp.source_runs[src.name] / METRICS_FILE).read_text()).get("model"),
+            "model": metrics.get("model"),
+            "layer_weights": metrics.get("layer_weights"),
             "dev_eer": exp.scores.get((src.name, f"{src.name}/dev"), {}).get("eer"),
             "target_eer": {t: exp.scores[(src.name, t)]["eer"] for t in targets},
             "collapse": exp.collapse[src.name],
@@ -108,6 +120,7 @@ def collect_results(exp: Experiment) -> dict:
         row["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
         row["steps"] = int(np.mean([r["steps"] for r in runs]))
         row["epochs"] = float(np.mean([r["epochs"] for r in runs]))
+        row["layer_weights"] = _mean_layer_weights([r["layer_weights"] for r in runs])
         results["table"].append(row)
     results["budget"] = _budget(recipe, results["runs"])
     results["conditions"] = _conditions(exp, results)

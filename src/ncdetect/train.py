@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import OptimConfig, TrainConfig
+from .config import NOT_RESULT_SETTINGS, OptimConfig, TrainConfig
 from .data.augment import RawBoostDataset, spec_augment
 from .data.loader import worker_init
 from .distributed import DistEnv, all_gather_list, all_reduce_sum, barrier, init_distributed
@@ -61,7 +61,7 @@ RUN_ARTIFACTS = (
     MODEL_FILE, CONFIG_FILE, METRICS_FILE, "train.log", "skipped.csv", "dev_skipped", CHECKPOINT_DIR,
 )
 # Settings that may change between a run and its --resume without changing the result.
-RESUME_MAY_DIFFER = {("data", "num_workers"), ("train", "threads"), ("train", "device")}
+RESUME_MAY_DIFFER = {*NOT_RESULT_SETTINGS, ("train", "device")}
 
 
 
@@ -442,31 +442,35 @@ def build_datasets(
     cfg: TrainConfig, data: TrainData, frontend: nn.Module, out: Path, env: DistEnv, device: torch.device,
     progress: bool,
 ) -> tuple[Any, Any]:
-    """The training set (waves, or features from the cache) and the dev set (waves, or None)."""
+    """The training and dev sets: waves, or (``data.feature_cache``) rows of the feature store."""
     from .data.dataset import AudioDataset
 
     n = cfg.data.num_samples
     if cfg.data.feature_cache:
-        from .data.cache import FeatureCache
+        from .data.features import FeatureStore, WindowPolicy
 
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "feature_cache"
-        cache = FeatureCache(
-            cache_dir, frontend, data.train_df, num_samples=n, trim_silence=cfg.data.trim_silence,
-            codec=cfg.augment.codec,  # codec copies of the training audio only (dev reads audio below)
-        )
+        store = FeatureStore(Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "features", frontend)
+        policy, codec = WindowPolicy.of(cfg), cfg.augment.codec
         build = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, device=device,
                      progress=env.is_main and progress)
+
+        def build_rows() -> None:
+            store.build(data.train_df, policy, train=True, codec=codec, **build)
+            if data.dev_df is not None:
+                store.build(data.dev_df, policy, **build)
+
         if env.is_main:
-            cache.build(**build)
+            build_rows()
         barrier(env)
-        cache.build(**build)  # a no-op on a shared file system; builds a node-local cache otherwise
-        train_ds: Any = cache.dataset(train=True, seed=cfg.train.seed)
-    else:
-        train_ds = AudioDataset(
-            data.train_df, num_samples=n, train=True, seed=cfg.train.seed, trim_silence=cfg.data.trim_silence
-        )
-        if cfg.augment.rawboost.enabled:
-            train_ds = RawBoostDataset(train_ds, cfg.augment.rawboost, cfg.train.seed)
+        build_rows()  # a no-op on a shared file system; builds a node-local store otherwise
+        train_ds: Any = store.dataset(data.train_df, policy, train=True, seed=cfg.train.seed, codec=codec)
+        dev_ds = store.dataset(data.dev_df, policy) if data.dev_df is not None else None
+        return train_ds, dev_ds
+    train_ds = AudioDataset(
+        data.train_df, num_samples=n, train=True, seed=cfg.train.seed, trim_silence=cfg.data.trim_silence
+    )
+    if cfg.augment.rawboost.enabled:
+        train_ds = RawBoostDataset(train_ds, cfg.augment.rawboost, cfg.train.seed)
     dev_ds = (
         AudioDataset(data.dev_df, num_samples=n, train=False, trim_silence=cfg.data.trim_silence)
         if data.dev_df is not None else None
@@ -501,19 +505,23 @@ def build_context(
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only (not biases and norms); a fine-tuned front-end part
-    (``model.encoder``) gets groups of its own at ``optim.frontend_lr``."""
-    groups = []
+    (``model.encoder``) and the layer weighting (``model.layer_weights``) get groups of their own at
+    ``optim.frontend_lr`` and ``optim.layer_weights_lr``."""
+    own = {"encoder.": cfg.optim.frontend_lr, "layer_weights.": cfg.optim.layer_weights_lr}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    for is_frontend in (False, True):
-        params = [p for n, p in named if n.startswith("encoder.") == is_frontend]
-        if is_frontend and not params:
-            break
-        lr = (cfg.optim.frontend_lr or cfg.optim.lr) if is_frontend else cfg.optim.lr
-        extra = {"base_lr": lr} if is_frontend else {}
-        groups += [
+    parts: list[tuple[list[nn.Parameter], float | None]] = [
+        ([p for n, p in named if not n.startswith(tuple(own))], None)]
+    parts += [([p for n, p in named if n.startswith(prefix)], lr) for prefix, lr in own.items()]
+    groups = []
+    for i, (params, lr) in enumerate(parts):
+        if i and not params:
+            continue
+        extra = {"base_lr": lr or cfg.optim.lr} if i else {}
+        split = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay, **extra},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **extra},
         ]
+        groups += [g for g in split if g["params"] or not i]  # the model's own two groups always
     return groups
 
 

@@ -12,9 +12,9 @@ Each augmented copy of a window passes, in the order a real call or upload does:
 then goes back to the input's peak level, so the augmentation does not become a loudness cue. Each stage
 is applied with its own probability; RawBoost (``augment.rawboost``) is separate and unchanged.
 
-Encoding through ffmpeg per sample is slow, so :class:`~ncdetect.data.cache.FeatureCache` renders ``K``
-(``augment.codec.variants``) copies of every training window at build time, stores their front-end output
-beside the clean one, and training draws one per epoch. The copies are a pure function of
+Encoding through ffmpeg per sample is slow, so the feature store (:mod:`ncdetect.data.features`) renders
+``K`` (``augment.codec.variants``) copies of the training windows at build time, stores their front-end
+output beside the clean rows, and training draws one per epoch. The copies are a pure function of
 ``(augment.codec.seed, utterance, k)``: a rebuild gives the same audio, whatever the manifest order. One
 ffmpeg process encodes every window that shares a codec setting (bit rates are drawn from a fixed set of
 steps so the groups stay large), and the groups run in a few threads.

@@ -11,8 +11,9 @@ whatever the number of workers or their scheduling, and a resumed run sees the c
 seen. The epoch lives in shared memory, so ``set_epoch`` reaches persistent workers too (call it
 before iterating the loader for that epoch).
 
-The loader pieces shared with the feature cache live in :mod:`ncdetect.data.loader`; the feature cache
-(:class:`FeatureCache`, :class:`CachedFeatureDataset`) in :mod:`ncdetect.data.cache`.
+The loader pieces shared with the feature store live in :mod:`ncdetect.data.loader`; the feature store
+(:class:`~ncdetect.data.features.FeatureStore`, :class:`~ncdetect.data.features.StoreDataset`) in
+:mod:`ncdetect.data.features`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What every loader of the package shares: per-item randomness, the epoch counter, collate, the bad-file
 policy and the DataLoader itself.
 
-Used by :mod:`ncdetect.data.dataset` (waves), :mod:`ncdetect.data.cache` (cached features), training and
-scoring; it imports none of them, so imports go one way.
+Used by :mod:`ncdetect.data.dataset` (waves), :mod:`ncdetect.data.features` (stored features), training
+and scoring; it imports none of them, so imports go one way.
 """
 
 from __future__ import annotations

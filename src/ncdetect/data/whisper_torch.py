@@ -23,10 +23,13 @@ bytes). Quantised weights (int8, int16) come with a ``<name>_scale`` variable; t
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -40,50 +43,95 @@ _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _BFLOAT16 = 5
 
 
-def _read_string(f) -> str:
+def _read_string(f: BinaryIO) -> str:
     (n,) = struct.unpack("<H", f.read(2))
     return f.read(n).rstrip(b"\0").decode("utf-8")
 
 
-def read_variables(model_bin: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
-    """The variables of a CTranslate2 ``model.bin`` whose names start with ``prefix``, as float32 (or
-    integer, for scalars such as ``num_heads``) arrays; aliases resolved, quantised weights de-scaled."""
-    out: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class Variable:
+    """One variable of a ``model.bin``: its record spans bytes ``start:end`` of the file, its values
+    ``data:end``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype_id: int
+    start: int
+    data: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ModelBin:
+    """The variable table of a CTranslate2 ``model.bin``, read without loading the weights: the file's
+    first ``header`` bytes come before the variable count, ``aliases`` is the offset of the alias table
+    that follows the variables, ``alias_pairs`` its ``(alias, target)`` names."""
+
+    path: Path
+    header: int
+    variables: list[Variable]
+    aliases: int
+    alias_pairs: list[tuple[str, str]]
+
+
+def scan_model_bin(model_bin: Path) -> ModelBin:
+    """Walk a CTranslate2 ``model.bin`` (binary version >= 5), skipping over the weights' bytes."""
     try:
         with open(model_bin, "rb") as f:
             (version,) = struct.unpack("<I", f.read(4))
             if version < 5:
-                raise ConfigError(f"{model_bin}: CTranslate2 model format {version} is too old; convert the "
-                                  "model with a recent ctranslate2")
+                raise ConfigError(f"{model_bin}: CTranslate2 model format {version} is too old (5 or later "
+                                  "needed); convert the model with a recent ctranslate2")
             _read_string(f)  # spec name
             f.read(4)  # spec revision
+            header = f.tell()
             (count,) = struct.unpack("<I", f.read(4))
+            variables = []
             for _ in range(count):
+                start = f.tell()
                 name = _read_string(f)
                 (rank,) = struct.unpack("<B", f.read(1))
                 shape = struct.unpack(f"<{rank}I", f.read(4 * rank)) if rank else ()
                 (dtype_id,) = struct.unpack("<B", f.read(1))
                 (size,) = struct.unpack("<I", f.read(4))
-                if not name.startswith(prefix):
-                    f.seek(size, 1)
-                    continue
-                raw = f.read(size)
-                if dtype_id == _BFLOAT16:  # numpy has no bfloat16: widen the 16 bits to float32's top half
-                    array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-                elif dtype_id in _DTYPES:
-                    array = np.frombuffer(raw, _DTYPES[dtype_id])
-                else:
-                    raise ConfigError(f"{model_bin}: variable {name} has a data type ({dtype_id}) this "
-                                      "reader does not know; convert the model with float16 or float32 "
-                                      "weights")
-                out[name] = array.reshape(shape)
+                data = f.tell()
+                f.seek(size, 1)
+                variables.append(Variable(name, tuple(shape), dtype_id, start, data, data + size))
+            aliases = f.tell()
+            if aliases > os.fstat(f.fileno()).st_size:  # seek goes past the end without complaint
+                raise ValueError(f"truncated in {variables[-1].name}")
             (n_alias,) = struct.unpack("<I", f.read(4) or b"\0\0\0\0")
-            for _ in range(n_alias):
-                alias, target = _read_string(f), _read_string(f)
-                if alias.startswith(prefix) and target in out:
-                    out[alias] = out[target]
+            pairs = [(_read_string(f), _read_string(f)) for _ in range(n_alias)]
     except (OSError, struct.error, ValueError) as err:
         raise ConfigError(f"{model_bin}: not a readable CTranslate2 model ({err})") from None
+    return ModelBin(Path(model_bin), header, variables, aliases, pairs)
+
+
+def read_variables(model_bin: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
+    """The variables of a CTranslate2 ``model.bin`` whose names start with ``prefix``, as float32 (or
+    integer, for scalars such as ``num_heads``) arrays; aliases resolved, quantised weights de-scaled."""
+    table = scan_model_bin(model_bin)
+    out: dict[str, np.ndarray] = {}
+    with open(model_bin, "rb") as f:
+        for var in table.variables:
+            if not var.name.startswith(prefix):
+                continue
+            f.seek(var.data)
+            raw = f.read(var.end - var.data)
+            if var.dtype_id == _BFLOAT16:  # numpy has no bfloat16: widen the 16 bits to float32's top half
+                array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            elif var.dtype_id in _DTYPES:
+                array = np.frombuffer(raw, _DTYPES[var.dtype_id])
+            else:
+                raise ConfigError(f"{model_bin}: variable {var.name} has a data type ({var.dtype_id}) this "
+                                  "reader does not know; convert the model with float16 or float32 weights")
+            try:
+                out[var.name] = array.reshape(var.shape)
+            except ValueError as err:
+                raise ConfigError(f"{model_bin}: variable {var.name}: {err}") from None
+    for alias, target in table.alias_pairs:
+        if alias.startswith(prefix) and target in out:
+            out[alias] = out[target]
     return _dequantised(out)
 
 
