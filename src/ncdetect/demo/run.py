@@ -23,8 +23,8 @@ def demo_recipe_path() -> Path:
 def run_demo(out: str | Path, quick: bool = False, corpus: str | Path | None = None,
              log: Callable[[str], None] = print) -> Path:
     """Build the demo corpus if it is missing, then run ``recipes/demo_whisper.yaml`` on it; returns the
-    report. The seeds share one feature cache in ``out/feature_cache``: the Whisper encoder and the codec
-    copies run once per training set, not once per seed."""
+    report. The feature store is ``out/feature_cache``: each Whisper window and codec copy is encoded once
+    for every stage, selection and seed."""
     from ..pipeline import run_recipe
     from ..recipe import load_recipe
 
