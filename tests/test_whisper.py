@@ -258,6 +258,29 @@ def test_demo_whisper_recipe_resolves_to_valid_configs(tmp_path):
     assert [s.model.name for s in sources] == ["tiny_resnet", "attn_mlp"]
 
 
+def test_the_whisper_ablation_holds_festival_out_and_chooses_on_validation(tmp_path):
+    from ncdetect.pipeline import _train_config
+    from ncdetect.recipe import load_recipe
+
+    names = ["DEMO_TARGET", "DEMO_TTS_EN_TRAIN", "DEMO_TTS_EN_DEV", "DEMO_VOC_ES_TRAIN", "DEMO_VOC_ES_DEV"]
+    variables = {n: str(tmp_path / f"{n.lower()}.csv") for n in names}
+    root = Path(__file__).parents[1] / "src/ncdetect/recipes"
+    recipe = load_recipe(root / "ablation_whisper.yaml", variables)
+    demo = load_recipe(root / "demo_whisper.yaml", variables)
+    # festival is in no training set, and it is the only generator of the validation target
+    tts = recipe.sources[0]
+    assert tts.train.filter == "attack != 'festival-kal'" and tts.dev is None
+    validation = {t.name: t for t in recipe.targets}["validation"]
+    assert validation.data.filter == "attack != 'espeak-ng'" and recipe.report.validation == ["validation"]
+    assert {v.name for v in recipe.sampling.variants()} == {
+        "random", "nc", "nc-spread", "nc-attack", "nc-cross", "kcenter"}
+    # the demo's settings, step budget included, so the chosen selection carries over to the demo
+    assert recipe.sampling.rates == demo.sampling.rates and recipe.compact.budget == "steps"
+    a, d = (_train_config(r.compact.config, r.compact.set, 0) for r in (recipe, demo))
+    assert (a.model, a.frontend, a.augment, a.data.num_samples) == (d.model, d.frontend, d.augment,
+                                                                    d.data.num_samples)
+
+
 def test_hidden_layers_from_a_cut_encoder(tmp_path, monkeypatch, fe):
     monkeypatch.setenv("NCDETECT_CACHE", str(tmp_path))
     assert whisper.encoder_layers(fe.model_path) == 4  # tiny.en

@@ -538,7 +538,8 @@ def demo_cmd(
         None, "--corpus", help="Where the demo corpus is (built there when missing); default OUT/corpus."
     ),
 ) -> None:
-    """Build the demo corpus if it is missing, then run recipes/demo.yaml on it."""
+    """Build the demo corpus if it is missing, then run recipes/demo_whisper.yaml on it (Whisper front-end,
+    step-matched compact models)."""
     from .demo import run_demo
 
     typer.echo(run_demo(out, quick=quick, corpus=corpus, log=lambda m: typer.echo(m, err=True)))

@@ -1,5 +1,5 @@
 """The demo: a small, licence-clean anti-spoofing corpus built on this machine in minutes, and the
-experiment of ``recipes/demo.yaml`` run on it (:func:`run_demo`, in :mod:`.run`).
+experiment of ``recipes/demo_whisper.yaml`` run on it (:func:`run_demo`, in :mod:`.run`).
 
 Bonafide: Allison Smith's Asterisk prompts in US English and Mexican Spanish (Debian packages
 ``asterisk-core-sounds-{en,es}-g722`` for the G.722 recordings and ``asterisk-core-sounds-{en,es}`` for
