@@ -145,6 +145,24 @@ def resume_after_epoch_1(cfg, manifest: Path, root: Path, monkeypatch: pytest.Mo
     return saved["state"][0]
 
 
+def corpus_with_a_short_and_a_bad_file(root: Path, short_samples: int, **corpus_kwargs):
+    """A toy corpus (``make_corpus``) as a DataFrame plus two rows: ``short``, a sine of
+    ``short_samples`` samples (shorter than a window), and ``bad``, a text file named .wav."""
+    from ncdetect.data.manifest import read_manifest
+
+    manifest = read_manifest(make_corpus(root, **corpus_kwargs))
+    short = root / "wav" / "short.wav"
+    sf.write(str(short), (np.sin(np.arange(short_samples) / 5) * 0.5).astype(np.float32), 16_000,
+             subtype="FLOAT")
+    bad = root / "wav" / "bad.wav"
+    bad.write_text("not audio")
+    extra = pd.DataFrame([
+        dict(utt_id="short", path=str(short), label="bonafide", dataset="toy", attack="-", speaker="s"),
+        dict(utt_id="bad", path=str(bad), label="spoof", dataset="toy", attack="A01", speaker="s"),
+    ])
+    return pd.concat([manifest, extra], ignore_index=True)
+
+
 @pytest.fixture(scope="session")
 def toy_manifest(tmp_path_factory) -> Path:
     """36 one-second clips: 12 bonafide, 24 spoof over attacks A01 and A02."""

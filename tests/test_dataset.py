@@ -8,11 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import make_corpus
+from conftest import corpus_with_a_short_and_a_bad_file
 from ncdetect.data import audio as audio_mod
 from ncdetect.data.dataset import AudioDataset, write_skipped
 from ncdetect.data.loader import EpochShuffleSampler, collate, make_loader, raise_or_skip
-from ncdetect.data.manifest import read_manifest
 from ncdetect.errors import NcdetectError
 
 N = 4_000  # a quarter-second window keeps the tests fast; the clips are 0.7-1.3 s
@@ -21,18 +20,8 @@ N = 4_000  # a quarter-second window keeps the tests fast; the clips are 0.7-1.3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("dscorpus")
-    manifest = read_manifest(make_corpus(root, n_bonafide=4, n_spoof=6, seed=5))
     # one short clip (shorter than the window) and one unreadable file
-    short = root / "wav" / "short.wav"
-    short_x = np.sin(np.arange(1500) / 5).astype(np.float32) * 0.5
-    sf.write(str(short), short_x, 16_000, subtype="FLOAT")
-    bad = root / "wav" / "bad.wav"
-    bad.write_text("not audio")
-    extra = pd.DataFrame([
-        dict(utt_id="short", path=str(short), label="bonafide", dataset="toy", attack="-", speaker="s"),
-        dict(utt_id="bad", path=str(bad), label="spoof", dataset="toy", attack="A01", speaker="s"),
-    ])
-    return pd.concat([manifest, extra], ignore_index=True)
+    return corpus_with_a_short_and_a_bad_file(root, 1500, n_bonafide=4, n_spoof=6, seed=5)
 
 
 def _full(path: str) -> np.ndarray:

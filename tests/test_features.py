@@ -7,12 +7,10 @@ import os
 import socket
 
 import numpy as np
-import pandas as pd
 import pytest
-import soundfile as sf
 import torch
 
-from conftest import make_corpus
+from conftest import corpus_with_a_short_and_a_bad_file
 from ncdetect.config import CodecAugmentConfig
 from ncdetect.data import audio as audio_mod
 from ncdetect.data.codec_augment import draw_variant, render, utterance_key
@@ -20,7 +18,6 @@ from ncdetect.data.dataset import AudioDataset
 from ncdetect.data.features import FeatureStore, WindowPolicy, crop_offsets
 from ncdetect.data.frontends import FRONTENDS, LogMel, build_frontend
 from ncdetect.data.loader import collate, make_loader
-from ncdetect.data.manifest import read_manifest
 from ncdetect.data.spectral import windows_encoded
 from ncdetect.errors import NcdetectError
 
@@ -31,16 +28,7 @@ EDGE = 8  # frames of a shift-invariant crop whose analysis window (or delta con
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("storecorpus")
-    manifest = read_manifest(make_corpus(root, n_bonafide=3, n_spoof=5, seed=7, seconds=0.7))
-    short = root / "wav" / "short.wav"
-    sf.write(str(short), (np.sin(np.arange(3000) / 5) * 0.5).astype(np.float32), 16_000, subtype="FLOAT")
-    bad = root / "wav" / "bad.wav"
-    bad.write_text("not audio")
-    extra = pd.DataFrame([
-        dict(utt_id="short", path=str(short), label="bonafide", dataset="toy", attack="-", speaker="s"),
-        dict(utt_id="bad", path=str(bad), label="spoof", dataset="toy", attack="A01", speaker="s"),
-    ])
-    return pd.concat([manifest, extra], ignore_index=True)
+    return corpus_with_a_short_and_a_bad_file(root, 3000, n_bonafide=3, n_spoof=5, seed=7, seconds=0.7)
 
 
 def _frontend(name: str):
