@@ -274,6 +274,11 @@ def test_the_whisper_ablation_holds_festival_out_and_chooses_on_validation(tmp_p
     assert validation.data.filter == "attack != 'espeak-ng'" and recipe.report.validation == ["validation"]
     assert {v.name for v in recipe.sampling.variants()} == {
         "random", "nc", "nc-spread", "nc-attack", "nc-cross", "kcenter"}
+    # the demo's headline is the selection this ablation chose on validation, with the same options
+    chosen = {v.name: v for v in recipe.sampling.variants()}["nc-cross"]
+    headline = {v.name: v for v in demo.sampling.variants()}[demo.sampling.headline]
+    assert demo.sampling.headline == "nc-cross" and headline == chosen
+    assert {"nc", "random"} <= {v.name for v in demo.sampling.variants()}  # the paper's rule and the baseline
     # the demo's settings, step budget included, so the chosen selection carries over to the demo
     assert recipe.sampling.rates == demo.sampling.rates and recipe.compact.budget == "steps"
     a, d = (_train_config(r.compact.config, r.compact.set, 0) for r in (recipe, demo))
