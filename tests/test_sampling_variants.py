@@ -595,6 +595,12 @@ def test_coverage_estimate_interval_holds_the_exact_value():
     assert exact["nc1_pool_rows"] == 2400
     small = space_coverage(x, y, kept, nc1_rows=1000)
     assert small["nc1_pool_rows"] == 1000 and small["nc1_kept"] == pytest.approx(exact["nc1_kept"])
+    assert (small["nc1_kept_rows"], exact["nc1_kept_rows"]) == (600, 600)  # all 600 kept rows: exact
+    assert exact["nc1_kept"] == pytest.approx(nc_metrics(x[kept], y[kept])["nc1"], rel=1e-9)
+    # fewer rows than kept: NC1 of a seeded draw of the kept set, close to the whole set's
+    few = space_coverage(x, y, kept, nc1_rows=300)
+    assert few["nc1_kept_rows"] == 300 and few["nc1_kept"] != exact["nc1_kept"]
+    assert few["nc1_kept"] == pytest.approx(exact["nc1_kept"], rel=0.15)
 
 
 def test_coverage_modes_in_the_summary_and_checked_early(tmp_path):
