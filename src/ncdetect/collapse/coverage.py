@@ -250,8 +250,8 @@ def space_coverage(
 
     ``mode="estimate"``: each mean is over at most ``points`` query rows drawn with a fixed seed (exact
     below that), against the whole kept set, with its 95% interval; the NC1 of the pool and of the kept
-    set are each on at most ``nc1_rows`` of their rows, drawn with the same seed. ``mode="exact"``: every row (O(pool x kept x D) for the
-    distances).
+    set are each on at most ``nc1_rows`` of their rows, drawn with the same seed. ``mode="exact"``: every
+    row (O(pool x kept x D) for the distances).
     """
     if mode not in ("estimate", "exact"):
         raise ConfigError(f"coverage must be one of {', '.join(COVERAGE_MODES)}, got {mode!r}")
