@@ -69,10 +69,11 @@ def embed_manifest(
     # ---- this process's contiguous share, embedded into its shard file
     n, dim = len(df), run.model.embedding_dim
     lo, hi = env.rank * n // env.world, (env.rank + 1) * n // env.world
-    if env.is_main:  # the store's missing rows are computed once, by process 0
-        eval_dataset(run, df, store, batch_size, num_workers, progress)
+    # The store's missing rows are computed once, by process 0; the others then read them.
+    dataset = eval_dataset(run, df, store, batch_size, num_workers, progress) if env.is_main else None
     barrier(env)
-    dataset = eval_dataset(run, df, store, batch_size, num_workers, False)
+    if dataset is None:
+        dataset = eval_dataset(run, df, store, batch_size, num_workers, False)
     try:
         _embed_shard(run, dataset, lo, hi, env.rank, out_dir, batch_size, skip_bad, num_workers,
                      progress and env.is_main)

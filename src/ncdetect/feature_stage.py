@@ -120,7 +120,7 @@ def build_stores(exp: Experiment, configs: list[tuple[TrainConfig, list[str], li
                 codec = cfg.augment.codec if train else None
                 store.build(df, policy, train=train, codec=codec, batch_size=cfg.data.batch_size,
                             num_workers=cfg.data.num_workers, progress=False)
-                keys.update(w.key for p in store.plan(df, policy, train, codec) if p for w in [*p[0], *p[1]])
+                keys.update(store.keys(df, policy, train, codec))
 
         exp.run_stage("features", f"{who} ({store.identity})", build)
     for store, keys in stores.values():

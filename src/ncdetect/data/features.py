@@ -295,8 +295,12 @@ class FeatureStore:
                 encoded += self._build_shard(frontend, manifest, utt_ids, rows, items, policy, train, codec,
                                              batch_size, torch.device(device))
             self.refresh()
-        needed = {w.key for p in self.plan(manifest, policy, train, codec) if p for w in [*p[0], *p[1]]}
-        return {"windows": len(needed), "encoded": encoded}
+        return {"windows": len(self.keys(manifest, policy, train, codec)), "encoded": encoded}
+
+    def keys(self, manifest: pd.DataFrame, policy: WindowPolicy, train: bool = False,
+             codec: CodecAugmentConfig | None = None) -> set[str]:
+        """The keys of the distinct windows ``manifest`` reads (of its decoded utterances)."""
+        return {w.key for p in self.plan(manifest, policy, train, codec) if p for w in [*p[0], *p[1]]}
 
     def _missing(self, manifest: pd.DataFrame, i: int, policy: WindowPolicy, planned: Any) -> bool:
         """Whether utterance ``i`` has windows to compute (an unreadable one, recorded as such, has none)."""
@@ -311,6 +315,8 @@ class FeatureStore:
         batch_size: int, device: torch.device,
     ) -> int:
         """Encode the missing windows of one batch of decoded utterances into a new shard."""
+        from .codec_augment import draw_variant, render, utterance_key
+
         records: list[dict[str, Any]] = []
         waves: dict[int, list[tuple[str, np.ndarray, int]]] = {}  # length -> (key, wave, valid samples)
         pending_copies: list[tuple[WindowSpec, np.ndarray, Any, int]] = []
@@ -336,14 +342,10 @@ class FeatureStore:
                 if spec.key in seen or self.has(spec.key):
                     continue
                 seen.add(spec.key)
-                from .codec_augment import draw_variant, utterance_key
-
                 wave, valid = _window(head, long, spec, policy)
                 draw = draw_variant(codec, utterance_key(utt_ids[i], path), spec.copy - 1)
                 pending_copies.append((spec, wave, draw, valid))
         if pending_copies:
-            from .codec_augment import render
-
             rendered = render([w for _, w, _, _ in pending_copies], [d for _, _, d, _ in pending_copies])
             for (spec, _, _, valid), wave in zip(pending_copies, rendered, strict=True):
                 waves.setdefault(spec.length, []).append((spec.key, wave, valid))
